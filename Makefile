@@ -1,0 +1,43 @@
+# gendisc: every target does its own set-up; only Python >= 3.11 and make are needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+SHARED_DATA ?= $(abspath ../shared/data)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test lint format bench clean help
+
+help:
+	@echo "make setup  - create $(VENV) and install gendisc with its dependencies"
+	@echo "make train  - set up, then run the default experiment"
+	@echo "make test   - set up, then run the test suite"
+	@echo "make lint   - ruff check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -e ".[dev,notebook]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+train: setup
+	$(BIN)/gendisc-train $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
+
+format: setup
+	$(BIN)/ruff format src tests experiments
+	$(BIN)/ruff check --fix src tests experiments
+
+clean:
+	rm -rf $(VENV) outputs logs multirun .pytest_cache

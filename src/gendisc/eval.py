@@ -1,0 +1,63 @@
+"""Evaluate a checkpoint on its run's test split and write the same report as training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from gendisc.callbacks.report import EvaluationReport
+from gendisc.callbacks.run_config import CONFIG_KEY
+from gendisc.errors import ConfigError, GendiscError
+from gendisc.models.transfer import read_checkpoint_state
+from gendisc.train import build
+from gendisc.utils.config import PROJECT_ROOT, instantiate_list, print_config_tree, register_resolvers
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def load_run_config(ckpt_path: str | Path) -> DictConfig:
+    """The config a checkpoint was trained with (stored in it by ``gendisc-train``)."""
+    import torch
+
+    read_checkpoint_state(ckpt_path)  # clear errors for a missing or unreadable file
+    checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=False)
+    if CONFIG_KEY not in checkpoint:
+        raise ConfigError(f"ckpt_path={ckpt_path} holds no gendisc config: was it written by gendisc-train?")
+    return OmegaConf.create(checkpoint[CONFIG_KEY])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics."""
+    run_cfg = load_run_config(cfg.ckpt_path)
+    run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data", {}))
+    datamodule, model = build(run_cfg)
+    report = EvaluationReport(output_dir=cfg.paths.output_dir, seed=run_cfg.get("seed"),
+                              extra={"ckpt_path": str(cfg.ckpt_path)})
+    loggers = instantiate_list(cfg.get("logger"), "logger")
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[report], logger=loggers)
+    trainer.test(model, datamodule=datamodule, ckpt_path=str(Path(cfg.ckpt_path).expanduser()))
+    return report.metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
+def hydra_main(cfg: DictConfig) -> None:
+    if cfg.extras.get("print_config"):
+        print_config_tree(cfg)
+    try:
+        evaluate(cfg)
+    except GendiscError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def main() -> None:
+    """Console script ``gendisc-eval``."""
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LightningModules: training logic (losses, optimisation, logging) around the nets."""

@@ -1,0 +1,82 @@
+"""The discriminative baseline: a classifier trained on the labeled examples only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.models.transfer import HEAD_PREFIXES, TransferReport, load_backbone_weights
+
+
+class ClassifierModule(ClassifierEvaluation):
+    """Supervised classifier on the labeled batch ``x, y`` of each step.
+
+    Args:
+        net: partial of a classifier net, called with ``in_shape`` and ``num_classes``.
+        optimizer: partial of a torch optimizer, called with the trainable parameters.
+        scheduler: optional partial of a torch lr scheduler (stepped each epoch).
+        in_shape, num_classes, class_names: filled in from the datamodule by ``train``.
+        init_from: checkpoint to copy matching backbone weights from (transfer learning).
+        freeze_backbone: train only the head (and minibatch-discrimination layer, if any).
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    unlabeled_streams = 0
+
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        optimizer: Callable[..., Optimizer],
+        in_shape: Sequence[int],
+        num_classes: int,
+        class_names: list[str] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net(in_shape=tuple(in_shape), num_classes=num_classes)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.freeze_backbone = freeze_backbone
+        self.label_smoothing = label_smoothing
+        self.transfer_report: TransferReport | None = None
+        if init_from:
+            self.transfer_report = load_backbone_weights(self.net, init_from)
+        if freeze_backbone:
+            for name, parameter in self.net.named_parameters():
+                parameter.requires_grad_(name.startswith(HEAD_PREFIXES))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        """A frozen backbone also keeps its batch-norm statistics and dropout in eval mode."""
+        super().train(mode)
+        if mode and self.freeze_backbone:
+            for name, module in self.net.named_children():
+                if not f"{name}.".startswith(HEAD_PREFIXES):
+                    module.eval()
+        return self
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch["x"])
+        loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(1) == batch["y"]).float().mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("train/acc", accuracy, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}

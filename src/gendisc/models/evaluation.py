@@ -1,0 +1,91 @@
+"""Classification metrics shared by every module whose network predicts class logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy and macro precision/recall/F1 (scalars)."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "precision": MulticlassPrecision(num_classes, average="macro"),
+            "recall": MulticlassRecall(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+def per_class_metrics(num_classes: int) -> MetricCollection:
+    """Per-class precision and recall and the confusion matrix (tensors, for the report)."""
+    return MetricCollection(
+        {
+            "precision_per_class": MulticlassPrecision(num_classes, average=None),
+            "recall_per_class": MulticlassRecall(num_classes, average=None),
+            "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+class ClassifierEvaluation(LightningModule):
+    """Validation and test for modules that classify with ``self.classify(x) -> logits``.
+
+    Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1`` each validation
+    epoch and the same under ``test/`` at test time, where per-class precision/recall and the
+    confusion matrix are also computed (synced over ranks) and kept in ``self.test_results``
+    for the report callback.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
+        self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+        self.test_details = per_class_metrics(num_classes)
+        self.test_results: dict[str, Any] = {}
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits used for evaluation (subclasses may use e.g. an EMA of their weights)."""
+        return self(x)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
+        images, labels = batch
+        logits = self.classify(images)
+        loss = F.cross_entropy(logits, labels)
+        metrics.update(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test", self.test_metrics)
+        self.test_details.update(logits, batch[1])
+        self.log_dict(self.test_metrics, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        details = {key: value.cpu() for key, value in self.test_details.compute().items()}
+        self.test_details.reset()
+        self.test_results = {
+            "test/precision_per_class": details["precision_per_class"].tolist(),
+            "test/recall_per_class": details["recall_per_class"].tolist(),
+            "test/confusion_matrix": details["confusion_matrix"].to(torch.int64).tolist(),
+            "class_names": self.class_names,
+        }

@@ -1,0 +1,95 @@
+"""The few-label protocol: exact counts, determinism in data_seed only, disjoint splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gendisc.data import FewLabelDataModule, split_labels
+from gendisc.data.batches import TrainBatches
+from gendisc.errors import ConfigError
+
+
+def _labels(per_class: int = 50, classes: int = 10) -> np.ndarray:
+    return np.random.default_rng(123).permutation(np.repeat(np.arange(classes), per_class))
+
+
+def test_exact_per_class_counts_and_disjoint_validation():
+    labels = _labels()
+    split = split_labels(labels, labels_per_class=7, val_size=100, data_seed=3)
+    assert np.bincount(labels[split.labeled], minlength=10).tolist() == [7] * 10
+    assert len(split.validation) == 100
+    assert not set(split.labeled) & set(split.validation)
+    assert not set(split.unlabeled) & set(split.validation)
+    assert set(split.labeled) <= set(split.unlabeled)
+    assert len(split.unlabeled) + len(split.validation) == len(labels)
+
+
+def test_labeled_set_depends_on_data_seed_only():
+    labels = _labels()
+    first = split_labels(labels, 5, 50, data_seed=1)
+    torch.manual_seed(999)
+    np.random.seed(999)
+    again = split_labels(labels, 5, 50, data_seed=1)
+    other = split_labels(labels, 5, 50, data_seed=2)
+    assert np.array_equal(first.labeled, again.labeled)
+    assert np.array_equal(first.validation, again.validation)
+    assert not np.array_equal(first.labeled, other.labeled)
+
+
+def test_all_labels_and_fractional_validation():
+    labels = _labels()
+    split = split_labels(labels, None, 0.1, data_seed=0)
+    assert len(split.validation) == 50
+    assert np.array_equal(split.labeled, split.unlabeled)
+
+
+@pytest.mark.parametrize("per_class", [46, 1000])
+def test_too_many_labels_per_class_names_the_setting(per_class):
+    labels = _labels(per_class=50)
+    with pytest.raises(ConfigError, match=r"data.labels_per_class=\d+ .*labels_per_class<="):
+        split_labels(labels, per_class, 100, data_seed=0)
+
+
+def test_bad_val_size_and_zero_labels():
+    with pytest.raises(ConfigError, match="data.val_size"):
+        split_labels(_labels(), 1, 10_000, data_seed=0)
+    with pytest.raises(ConfigError, match="at least 1"):
+        split_labels(_labels(), 0, 10, data_seed=0)
+
+
+def test_digits_datamodule_counts_and_test_split_untouched():
+    dm = FewLabelDataModule("digits", labels_per_class=10, val_size=200, data_seed=0).load()
+    assert dm.counts == {"data/labeled": 100, "data/unlabeled": 1237, "data/val": 200, "data/test": 360}
+    assert dm.image_shape == (1, 8, 8) and dm.num_classes == 10
+    labeled_labels = dm.train_labels[dm.labeled_index]
+    assert torch.bincount(labeled_labels, minlength=10).tolist() == [10] * 10
+    images, labels = next(iter(dm.test_dataloader()))
+    assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+    assert len(labels) == 360
+
+
+def test_train_batches_tile_labeled_set_over_unlabeled_epoch():
+    dm = FewLabelDataModule("digits", labels_per_class=2, val_size=200, batch_size=10).load()
+    loader = TrainBatches(dm.train_images, dm.train_labels, dm.labeled_index, dm.unlabeled_index,
+                          batch_size=10, unlabeled_batch_size=50, unlabeled_streams=2, seed=0)
+    batches = list(loader)
+    assert len(batches) == len(dm.unlabeled_index) // 50
+    seen = torch.cat([b["y"] for b in batches])
+    # the 20 labeled images are used in whole passes: each appears equally often per pass
+    assert torch.bincount(seen, minlength=10).min() >= len(batches) * 10 // 20 * 2 - 2
+    assert set(batches[0]) == {"x", "y", "x_unl", "x_unl2"}
+    assert batches[0]["x_unl"].shape == (50, 1, 8, 8)
+    # the unlabeled stream is one pass without repeats within the epoch
+    assert not torch.equal(batches[0]["x_unl"], batches[0]["x_unl2"])
+
+
+def test_train_batches_shard_across_ranks_without_overlap():
+    dm = FewLabelDataModule("digits", labels_per_class=10, val_size=200).load()
+    args = (dm.train_images, dm.train_labels, dm.labeled_index, dm.unlabeled_index)
+    shards = [TrainBatches(*args, batch_size=10, unlabeled_batch_size=10, unlabeled_streams=1,
+                           seed=5, rank=rank, world_size=2) for rank in (0, 1)]
+    first = [next(iter(shard))["x_unl"] for shard in shards]
+    assert len(shards[0]) == len(shards[1])
+    assert not torch.equal(first[0], first[1])
