@@ -37,7 +37,11 @@ def compose_config(
         cfg = compose(
             config_name=config_name,
             return_hydra_config=True,
-            overrides=[f"paths.data_dir={shared_data_dir()}", "extras.print_config=false", *overrides],
+            overrides=[
+                f"paths.data_dir={shared_data_dir()}",
+                "extras.print_config=false",
+                *overrides,
+            ],
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):

@@ -61,7 +61,12 @@ def test_bad_val_size_and_zero_labels():
 
 def test_digits_datamodule_counts_and_test_split_untouched():
     dm = FewLabelDataModule("digits", labels_per_class=10, val_size=200, data_seed=0).load()
-    assert dm.counts == {"data/labeled": 100, "data/unlabeled": 1237, "data/val": 200, "data/test": 360}
+    assert dm.counts == {
+        "data/labeled": 100,
+        "data/unlabeled": 1237,
+        "data/val": 200,
+        "data/test": 360,
+    }
     assert dm.image_shape == (1, 8, 8) and dm.num_classes == 10
     labeled_labels = dm.train_labels[dm.labeled_index]
     assert torch.bincount(labeled_labels, minlength=10).tolist() == [10] * 10
@@ -72,8 +77,16 @@ def test_digits_datamodule_counts_and_test_split_untouched():
 
 def test_train_batches_tile_labeled_set_over_unlabeled_epoch():
     dm = FewLabelDataModule("digits", labels_per_class=2, val_size=200, batch_size=10).load()
-    loader = TrainBatches(dm.train_images, dm.train_labels, dm.labeled_index, dm.unlabeled_index,
-                          batch_size=10, unlabeled_batch_size=50, unlabeled_streams=2, seed=0)
+    loader = TrainBatches(
+        dm.train_images,
+        dm.train_labels,
+        dm.labeled_index,
+        dm.unlabeled_index,
+        batch_size=10,
+        unlabeled_batch_size=50,
+        unlabeled_streams=2,
+        seed=0,
+    )
     batches = list(loader)
     assert len(batches) == len(dm.unlabeled_index) // 50
     seen = torch.cat([b["y"] for b in batches])
@@ -88,8 +101,18 @@ def test_train_batches_tile_labeled_set_over_unlabeled_epoch():
 def test_train_batches_shard_across_ranks_without_overlap():
     dm = FewLabelDataModule("digits", labels_per_class=10, val_size=200).load()
     args = (dm.train_images, dm.train_labels, dm.labeled_index, dm.unlabeled_index)
-    shards = [TrainBatches(*args, batch_size=10, unlabeled_batch_size=10, unlabeled_streams=1,
-                           seed=5, rank=rank, world_size=2) for rank in (0, 1)]
+    shards = [
+        TrainBatches(
+            *args,
+            batch_size=10,
+            unlabeled_batch_size=10,
+            unlabeled_streams=1,
+            seed=5,
+            rank=rank,
+            world_size=2,
+        )
+        for rank in (0, 1)
+    ]
     first = [next(iter(shard))["x_unl"] for shard in shards]
     assert len(shards[0]) == len(shards[1])
     assert not torch.equal(first[0], first[1])

@@ -14,7 +14,12 @@ from gendisc.callbacks.run_config import CONFIG_KEY
 from gendisc.errors import ConfigError, GendiscError
 from gendisc.models.transfer import read_checkpoint_state
 from gendisc.train import build
-from gendisc.utils.config import PROJECT_ROOT, instantiate_list, print_config_tree, register_resolvers
+from gendisc.utils.config import (
+    PROJECT_ROOT,
+    instantiate_list,
+    print_config_tree,
+    register_resolvers,
+)
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -27,7 +32,9 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
     read_checkpoint_state(ckpt_path)  # clear errors for a missing or unreadable file
     checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=False)
     if CONFIG_KEY not in checkpoint:
-        raise ConfigError(f"ckpt_path={ckpt_path} holds no gendisc config: was it written by gendisc-train?")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} holds no gendisc config: was it written by gendisc-train?"
+        )
     return OmegaConf.create(checkpoint[CONFIG_KEY])
 
 
@@ -36,8 +43,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = load_run_config(cfg.ckpt_path)
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data", {}))
     datamodule, model = build(run_cfg)
-    report = EvaluationReport(output_dir=cfg.paths.output_dir, seed=run_cfg.get("seed"),
-                              extra={"ckpt_path": str(cfg.ckpt_path)})
+    report = EvaluationReport(
+        output_dir=cfg.paths.output_dir,
+        seed=run_cfg.get("seed"),
+        extra={"ckpt_path": str(cfg.ckpt_path)},
+    )
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[report], logger=loggers)
     trainer.test(model, datamodule=datamodule, ckpt_path=str(Path(cfg.ckpt_path).expanduser()))

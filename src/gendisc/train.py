@@ -19,7 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from gendisc.callbacks.report import EvaluationReport
 from gendisc.callbacks.run_config import StoreRunConfig
 from gendisc.errors import ConfigError, GendiscError
-from gendisc.utils.config import PROJECT_ROOT, instantiate_list, print_config_tree, register_resolvers
+from gendisc.utils.config import (
+    PROJECT_ROOT,
+    instantiate_list,
+    print_config_tree,
+    register_resolvers,
+)
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -27,13 +32,14 @@ register_resolvers()
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule (data read, label protocol applied) and the model sized for its data."""
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     datamodule.load()
     model = hydra.utils.instantiate(
         cfg.model,
         in_shape=list(datamodule.image_shape),
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
+        _convert_="all",
     )
     return datamodule, model
 
@@ -108,8 +114,12 @@ def _record_failure(cfg: DictConfig, error: BaseException) -> None:
     """Write failure.json in the run directory: the error, for the sweep report."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": "failed", "error_type": type(error).__name__, "error": str(error),
-              "traceback": traceback.format_exc()}
+    record = {
+        "status": "failed",
+        "error_type": type(error).__name__,
+        "error": str(error),
+        "traceback": traceback.format_exc(),
+    }
     (output_dir / "failure.json").write_text(json.dumps(record, indent=2))
 
 

@@ -16,7 +16,9 @@ def figure_to_array(figure: Figure) -> np.ndarray:
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
-def log_image(trainer: Trainer, key: str, image: np.ndarray | Figure, step: int | None = None) -> None:
+def log_image(
+    trainer: Trainer, key: str, image: np.ndarray | Figure, step: int | None = None
+) -> None:
     """Log ``image`` (RGB uint8 HxWx3, or a figure) under ``key`` with every active logger.
 
     Loggers without image support (CSV) get a PNG in their log directory.

@@ -13,16 +13,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning import Callback, LightningModule, Trainer  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
 
-from gendisc.callbacks.logging_images import log_image  # noqa: E402
+from gendisc.callbacks.logging_images import log_image
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak memory of this process: accelerator memory when training there, else host RSS."""
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device.type == "cuda":
-        return {"mem/peak_mb": torch.cuda.max_memory_allocated(device) / 2**20, "mem/host_peak_mb": host}
+        return {
+            "mem/peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+            "mem/host_peak_mb": host,
+        }
     return {"mem/peak_mb": host, "mem/host_peak_mb": host}
 
 
@@ -92,16 +95,22 @@ class EvaluationReport(Callback):
         self.fit_seconds = 0.0
         self.train_images = 0
         self._fit_started: float | None = None
+        self._restored: dict[str, Any] = {}
         self.metrics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ measuring
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        if self._restored:  # resuming: count the cost of the interrupted run too
+            self.fit_seconds = self._restored.get("fit_seconds", 0.0)
+            self.train_images = self._restored.get("train_images", 0)
+            self._restored = {}
         self._fit_started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.train_images += count_images(batch) * trainer.world_size
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -110,16 +119,20 @@ class EvaluationReport(Callback):
             self._fit_started = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fit_seconds": self.fit_seconds, "train_images": self.train_images}
+        running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
+        return {"fit_seconds": self.fit_seconds + running, "train_images": self.train_images}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fit_seconds = state_dict.get("fit_seconds", 0.0)
-        self.train_images = state_dict.get("train_images", 0)
+        """Kept until ``on_fit_start``: only a resumed fit adds the earlier cost (not a test)."""
+        self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------ reporting
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        metrics = {key: _plain(value) for key, value in trainer.callback_metrics.items()
-                   if key.startswith(("test/", "gen/"))}
+        metrics = {
+            key: _plain(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(("test/", "gen/"))
+        }
         metrics.update(getattr(pl_module, "test_results", {}))
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "counts"):
@@ -144,8 +157,9 @@ class EvaluationReport(Callback):
         path = self.output_dir / "metrics.json"
         path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if "test/confusion_matrix" in metrics:
-            figure = confusion_figure(np.array(metrics["test/confusion_matrix"]),
-                                      metrics.get("class_names", []))
+            figure = confusion_figure(
+                np.array(metrics["test/confusion_matrix"]), metrics.get("class_names", [])
+            )
             figure.savefig(self.output_dir / "confusion_matrix.png", dpi=120)
             log_image(trainer, "test/confusion_matrix", figure)
             plt.close(figure)
@@ -153,10 +167,28 @@ class EvaluationReport(Callback):
         log.info("Report written to %s", path)
 
 
-RESULT_KEYS = ["test/acc", "test/precision", "test/recall", "test/f1", "test/loss", "gen/fid",
-               "gen/kid", "gen/is", "gen/cas", "gen/class_acc", "data/labeled", "data/unlabeled",
-               "data/val", "data/test", "seed", "data_seed", "epochs", "time/fit_s",
-               "time/train_samples_per_s", "mem/peak_mb"]
+RESULT_KEYS = [
+    "test/acc",
+    "test/precision",
+    "test/recall",
+    "test/f1",
+    "test/loss",
+    "gen/fid",
+    "gen/kid",
+    "gen/is",
+    "gen/cas",
+    "gen/class_acc",
+    "data/labeled",
+    "data/unlabeled",
+    "data/val",
+    "data/test",
+    "seed",
+    "data_seed",
+    "epochs",
+    "time/fit_s",
+    "time/train_samples_per_s",
+    "mem/peak_mb",
+]
 
 
 def format_value(value: Any) -> str:
@@ -165,8 +197,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def print_results_table(*runs: dict[str, Any], title: str = "Results",
-                        names: list[str] | None = None) -> None:
+def print_results_table(
+    *runs: dict[str, Any], title: str = "Results", names: list[str] | None = None
+) -> None:
     """Print one column per run of the scalar results shared by the report."""
     table = Table(title=title)
     table.add_column("metric")

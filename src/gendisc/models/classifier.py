@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.transfer import HEAD_PREFIXES, TransferReport, load_backbone_weights
+from gendisc.training import raise_if_not_finite
 
 
 class ClassifierModule(ClassifierEvaluation):
@@ -69,6 +70,7 @@ class ClassifierModule(ClassifierEvaluation):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["x"])
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
+        raise_if_not_finite(loss, "classifier loss", self)
         accuracy = (logits.argmax(1) == batch["y"]).float().mean()
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         self.log("train/acc", accuracy, on_step=False, on_epoch=True)

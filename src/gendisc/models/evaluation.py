@@ -53,7 +53,9 @@ class ClassifierEvaluation(LightningModule):
     def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(k) for k in range(num_classes)]
+        )
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
         self.test_details = per_class_metrics(num_classes)
@@ -63,7 +65,9 @@ class ClassifierEvaluation(LightningModule):
         """Class logits used for evaluation (subclasses may use e.g. an EMA of their weights)."""
         return self(x)
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection) -> Tensor:
+    def _evaluate(
+        self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection
+    ) -> Tensor:
         images, labels = batch
         logits = self.classify(images)
         loss = F.cross_entropy(logits, labels)

@@ -1,0 +1,202 @@
+"""The joint adversarial module: a semi-supervised GAN whose discriminator is the classifier.
+
+Salimans et al. 2016, section 5 and the authors' MNIST code: D has K logits and an implicit
+"generated" logit fixed at 0; it minimises ``L_lab + w * L_unl`` on a labeled, an unlabeled and a
+generated batch each step; G minimises feature matching (or a minimax / non-saturating loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gendisc.losses import (
+    feature_matching_loss,
+    ssl_generator_minimax_loss,
+    ssl_generator_nonsaturating_loss,
+    ssl_supervised_loss,
+    ssl_unsupervised_loss,
+)
+from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.nets.ema import ExponentialMovingAverage
+from gendisc.nets.layers import data_dependent_init
+from gendisc.training import raise_if_not_finite
+
+GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
+
+
+class SSLGANModule(ClassifierEvaluation):
+    """K+1-class semi-supervised GAN (manual optimisation: one D step, then G steps).
+
+    Args:
+        discriminator: partial of a classifier net (``in_shape``, ``num_classes``) exposing
+            ``forward_with_features``; its minibatch-discrimination switch lives in its config.
+        generator: partial of a generator net (``out_shape``).
+        d_optimizer, g_optimizer: partials of torch optimizers.
+        generator_objective: feature_matching (the paper's SSL choice), minimax or non_saturating.
+        feature_layer: index into the discriminator's hidden activations for feature matching
+            (-1: the last hidden layer).
+        feature_norm: l2 (MNIST code: squared difference of the means) or l1 (CIFAR code).
+        separate_feature_batch: take the real feature statistics from a second unlabeled batch.
+        unlabeled_weight: w in ``L_lab + w * L_unl``.
+        generator_steps: G updates per D update (the minibatch-discrimination scripts use 3).
+        ema_decay: decay of the moving average of D's weights used for evaluation; null: off.
+        init_images: images for the data-dependent init of weight-normalised layers (0: off).
+        lr_decay_epochs: decay both learning rates linearly to 0 over the last N epochs.
+    """
+
+    def __init__(
+        self,
+        discriminator: Callable[..., nn.Module],
+        generator: Callable[..., nn.Module],
+        d_optimizer: Callable[..., Optimizer],
+        g_optimizer: Callable[..., Optimizer],
+        in_shape: Sequence[int],
+        num_classes: int,
+        class_names: list[str] | None = None,
+        generator_objective: GeneratorObjective = "feature_matching",
+        feature_layer: int = -1,
+        feature_norm: Literal["l2", "l1"] = "l2",
+        separate_feature_batch: bool = True,
+        unlabeled_weight: float = 1.0,
+        generator_steps: int = 1,
+        ema_decay: float | None = 0.9999,
+        init_images: int = 500,
+        lr_decay_epochs: int = 0,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        self.save_hyperparameters(
+            ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
+        )
+        self.automatic_optimization = False
+        self.discriminator = discriminator(in_shape=tuple(in_shape), num_classes=num_classes)
+        self.generator = generator(out_shape=tuple(in_shape))
+        self.d_optimizer_factory = d_optimizer
+        self.g_optimizer_factory = g_optimizer
+        self.generator_objective = generator_objective
+        self.feature_layer = feature_layer
+        self.feature_norm = feature_norm
+        self.unlabeled_weight = unlabeled_weight
+        self.generator_steps = generator_steps
+        self.init_images = init_images
+        self.lr_decay_epochs = lr_decay_epochs
+        self.ema = ExponentialMovingAverage(self.discriminator, ema_decay) if ema_decay else None
+        uses_feature_batch = generator_objective == "feature_matching" and separate_feature_batch
+        # the datamodule yields this many unlabeled batches per step (x_unl, x_unl2)
+        self.unlabeled_streams = 2 if uses_feature_batch else 1
+
+    # ----------------------------------------------------------------------------- evaluation
+    def forward(self, x: Tensor) -> Tensor:
+        return self.discriminator(x)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """K class logits from the EMA discriminator when enabled (noise off in eval mode)."""
+        return self.ema.shadow(x) if self.ema is not None else self.discriminator(x)
+
+    def sample(self, count: int) -> Tensor:
+        """``count`` generated images in [-1, 1]."""
+        return self.generator(self.generator.sample_latent(count, device=self.device))
+
+    # ------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """Data-dependent init of the weight-normalised layers (skipped when resuming)."""
+        if self.init_images and self.global_step == 0:
+            datamodule = self.trainer.datamodule
+            images = datamodule.unlabeled_sample(self.init_images, seed=0).to(self.device)
+            data_dependent_init(self.discriminator, images)
+            data_dependent_init(
+                self.generator, self.generator.sample_latent(self.init_images, device=self.device)
+            )
+            if self.ema is not None:
+                self.ema.reset(self.discriminator)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        d_optimizer, g_optimizer = self.optimizers()
+        x_lab, y_lab, x_unl = batch["x"], batch["y"], batch["x_unl"]
+
+        # discriminator = classifier: L_lab + w * L_unl
+        fake = self.sample(len(x_unl)).detach()
+        # separate passes, as in the authors' code: minibatch discrimination (and any batch
+        # statistics) must not mix real and generated images
+        logits_lab = self.discriminator(x_lab)
+        logits_unl = self.discriminator(x_unl)
+        logits_fake = self.discriminator(fake)
+        loss_lab = ssl_supervised_loss(logits_lab, y_lab)
+        loss_unl = ssl_unsupervised_loss(logits_unl, logits_fake)
+        d_loss = loss_lab + self.unlabeled_weight * loss_unl
+        raise_if_not_finite(d_loss, "discriminator loss", self)
+        d_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.discriminator)
+
+        # generator
+        self.toggle_optimizer(g_optimizer)
+        for _ in range(self.generator_steps):
+            g_loss = self.generator_loss(batch.get("x_unl2", x_unl), len(x_unl))
+            raise_if_not_finite(g_loss, "generator loss", self)
+            g_optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            g_optimizer.step()
+        self.untoggle_optimizer(g_optimizer)
+
+        with torch.no_grad():
+            accuracy = (logits_lab.argmax(1) == y_lab).float().mean()
+            real_prob = torch.sigmoid(torch.logsumexp(logits_unl, 1)).mean()
+            fake_prob = torch.sigmoid(torch.logsumexp(logits_fake, 1)).mean()
+        self.log_dict(
+            {
+                "train/loss_lab": loss_lab,
+                "train/loss_unl": loss_unl,
+                "train/d_loss": d_loss,
+                "train/g_loss": g_loss,
+                "train/acc": accuracy,
+                "train/d_real": real_prob,
+                "train/d_fake": fake_prob,
+            },
+            on_step=False,
+            on_epoch=True,
+            prog_bar=False,
+        )
+        self.log("train/loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
+
+    def generator_loss(self, x_real: Tensor, count: int) -> Tensor:
+        """The configured generator objective on a fresh generated batch."""
+        fake = self.sample(count)
+        if self.generator_objective == "feature_matching":
+            _, fake_features = self.discriminator.forward_with_features(fake)
+            with torch.no_grad():
+                _, real_features = self.discriminator.forward_with_features(x_real)
+            layer = self.feature_layer
+            return feature_matching_loss(
+                fake_features[layer], real_features[layer], norm=self.feature_norm
+            )
+        logits_fake = self.discriminator(fake)
+        if self.generator_objective == "minimax":
+            return ssl_generator_minimax_loss(logits_fake)
+        return ssl_generator_nonsaturating_loss(logits_fake)
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+
+    def configure_optimizers(self) -> Any:
+        d_optimizer = self.d_optimizer_factory(params=self.discriminator.parameters())
+        g_optimizer = self.g_optimizer_factory(params=self.generator.parameters())
+        if not self.lr_decay_epochs:
+            return [d_optimizer, g_optimizer]
+        total = self.trainer.max_epochs
+        start = max(total - self.lr_decay_epochs, 0)
+
+        def factor(epoch: int) -> float:
+            return min(1.0, max(0.0, (total - epoch) / max(total - start, 1)))
+
+        schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (d_optimizer, g_optimizer)
+        ]
+        return [d_optimizer, g_optimizer], schedulers

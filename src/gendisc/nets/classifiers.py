@@ -1,0 +1,476 @@
+"""Classifier / discriminator nets.
+
+Every net has ``forward_features(x) -> list[Tensor]`` (one (N, F_i) tensor per hidden block,
+the last one the penultimate features), an optional ``minibatch_disc`` applied to the last
+features, a ``head`` producing ``num_classes`` logits, ``forward(x) -> logits`` and
+``forward_with_features(x) -> (logits, features)``. Everything except ``head.*`` and
+``minibatch_disc.*`` is the backbone. Conv nets report global-average-pooled feature maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+from gendisc.errors import ConfigError
+from gendisc.nets.layers import (
+    GaussianNoise,
+    MinibatchDiscrimination,
+    WeightNormConv2d,
+    WeightNormLinear,
+    activation_layer,
+    as_shape,
+)
+
+__all__ = [
+    "ConvNet",
+    "MLPClassifier",
+    "ResNet",
+    "SalimansConvDiscriminator",
+    "SalimansMLPDiscriminator",
+]
+
+
+def _check_norms(weight_norm: bool, spectral_norm: bool) -> None:
+    if weight_norm and spectral_norm:
+        raise ConfigError("choose at most one of weight_norm and spectral_norm")
+
+
+def _linear(
+    n_in: int,
+    n_out: int,
+    *,
+    weight_norm: bool = False,
+    spectral_norm: bool = False,
+    init_scale: float = 1.0,
+    train_scale: bool = True,
+    weight_init_std: float = 0.1,
+) -> nn.Module:
+    if weight_norm:
+        return WeightNormLinear(
+            n_in,
+            n_out,
+            init_scale=init_scale,
+            weight_init_std=weight_init_std,
+            train_scale=train_scale,
+        )
+    layer = nn.Linear(n_in, n_out)
+    return _sn(layer) if spectral_norm else layer
+
+
+def _conv(
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    bias: bool = True,
+    weight_norm: bool = False,
+    spectral_norm: bool = False,
+    train_scale: bool = True,
+) -> nn.Module:
+    if weight_norm:
+        return WeightNormConv2d(c_in, c_out, kernel, stride, padding, train_scale=train_scale)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=bias)
+    return _sn(layer) if spectral_norm else layer
+
+
+def _down(size: int, stride: int, kernel: int = 3, padding: int = 1) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class _Classifier(nn.Module):
+    """Shared head logic: features -> [minibatch discrimination] -> head."""
+
+    minibatch_disc: MinibatchDiscrimination | None
+    head: nn.Module
+    feature_dim: int
+    num_classes: int
+
+    def _build_head(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        minibatch_discrimination: bool,
+        mbd_kernels: int,
+        mbd_dim: int,
+        **linear_kwargs: object,
+    ) -> None:
+        self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
+        width = self.feature_dim
+        if minibatch_discrimination:
+            self.minibatch_disc = MinibatchDiscrimination(width, mbd_kernels, mbd_dim)
+            width = self.minibatch_disc.out_features
+        else:
+            self.minibatch_disc = None
+        self.head = _linear(width, self.num_classes, **linear_kwargs)  # type: ignore[arg-type]
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and the ``forward_features`` list from one pass."""
+        feats = self.forward_features(x)
+        h = feats[-1]
+        if self.minibatch_disc is not None:
+            h = self.minibatch_disc(h)
+        return self.head(h), feats
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_features(x)[0]
+
+
+class MLPClassifier(_Classifier):
+    """Dense net: flatten -> input noise -> [dense -> activation -> noise -> dropout] per hidden
+    layer -> head. Features: each hidden block's output (after activation, noise and dropout).
+    ``train_hidden_scale=False`` freezes the weight-norm scales of hidden layers after the
+    data-dependent init (the authors' MNIST code)."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.0,
+        input_noise: float = 0.0,
+        hidden_noise: float = 0.0,
+        weight_norm: bool = False,
+        activation: str = "relu",
+        minibatch_discrimination: bool = False,
+        mbd_kernels: int = 100,
+        mbd_dim: int = 5,
+        spectral_norm: bool = False,
+        train_hidden_scale: bool = True,
+        head_init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check_norms(weight_norm, spectral_norm)
+        self.in_shape = as_shape(in_shape)
+        hidden = as_shape(hidden)
+        if not hidden:
+            raise ConfigError("MLPClassifier needs at least one hidden layer (hidden=[...])")
+        self.input_noise = GaussianNoise(input_noise)
+        self.body = nn.ModuleList()
+        width = 1
+        for v in self.in_shape:
+            width *= v
+        for h in hidden:
+            self.body.append(
+                nn.Sequential(
+                    _linear(
+                        width,
+                        h,
+                        weight_norm=weight_norm,
+                        spectral_norm=spectral_norm,
+                        train_scale=train_hidden_scale,
+                    ),
+                    activation_layer(activation),
+                    GaussianNoise(hidden_noise),
+                    nn.Dropout(dropout),
+                )
+            )
+            width = h
+        self._build_head(
+            width,
+            num_classes,
+            minibatch_discrimination,
+            mbd_kernels,
+            mbd_dim,
+            weight_norm=weight_norm,
+            spectral_norm=spectral_norm,
+            init_scale=head_init_scale,
+        )
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        h = self.input_noise(x.flatten(1))
+        feats = []
+        for block in self.body:
+            h = block(h)
+            feats.append(h)
+        return feats
+
+
+class SalimansMLPDiscriminator(MLPClassifier):
+    """The paper's MNIST discriminator: Gaussian noise (0.3) on the input, weight-normalised
+    dense 1000-500-250-250-250 with ReLU each followed by Gaussian noise (0.5), weight-normalised
+    dense head. As in the authors' code, v ~ N(0, 0.1), hidden scales g are set by the
+    data-dependent init and then frozen (``train_hidden_scale``), the head's g is trained.
+    ``forward_features`` returns, per hidden layer, relu(dense(h)) + noise (noise in training
+    mode only): the last entry is the paper's feature-matching layer."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        hidden: Sequence[int] = (1000, 500, 250, 250, 250),
+        input_noise: float = 0.3,
+        hidden_noise: float = 0.5,
+        minibatch_discrimination: bool = False,
+        mbd_kernels: int = 100,
+        mbd_dim: int = 5,
+        train_hidden_scale: bool = False,
+    ) -> None:
+        super().__init__(
+            in_shape,
+            num_classes,
+            hidden=hidden,
+            dropout=0.0,
+            input_noise=input_noise,
+            hidden_noise=hidden_noise,
+            weight_norm=True,
+            activation="relu",
+            minibatch_discrimination=minibatch_discrimination,
+            mbd_kernels=mbd_kernels,
+            mbd_dim=mbd_dim,
+            train_hidden_scale=train_hidden_scale,
+            head_init_scale=1.0,
+        )
+
+
+class ConvNet(_Classifier):
+    """Small conv net for 8x8 to 32x32 inputs.
+
+    Per entry of ``channels`` a block: conv3x3 -> norm -> act -> conv3x3 (stride 2 while the
+    spatial size is >= 8, else 1) -> norm -> act -> dropout. Features: global average pool of
+    each block output. ``batch_norm`` adds BatchNorm2d; ``weight_norm`` / ``spectral_norm``
+    reparametrise every conv and the head (at most one of the two).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64, 128),
+        dropout: float = 0.2,
+        batch_norm: bool = True,
+        weight_norm: bool = False,
+        spectral_norm: bool = False,
+        activation: str = "leaky_relu",
+        input_noise: float = 0.0,
+        minibatch_discrimination: bool = False,
+        mbd_kernels: int = 100,
+        mbd_dim: int = 5,
+    ) -> None:
+        super().__init__()
+        _check_norms(weight_norm, spectral_norm)
+        self.in_shape = as_shape(in_shape)
+        channels = as_shape(channels)
+        c_in, h, w = self.in_shape
+        self.input_noise = GaussianNoise(input_noise)
+        self.body = nn.ModuleList()
+        conv_kw = {
+            "bias": not batch_norm,
+            "weight_norm": weight_norm,
+            "spectral_norm": spectral_norm,
+        }
+        for c in channels:
+            stride = 2 if min(h, w) >= 8 else 1
+            layers: list[nn.Module] = [_conv(c_in, c, 3, 1, 1, **conv_kw)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c))
+            layers += [activation_layer(activation), _conv(c, c, 3, stride, 1, **conv_kw)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c))
+            layers += [activation_layer(activation), nn.Dropout(dropout)]
+            self.body.append(nn.Sequential(*layers))
+            h, w, c_in = _down(h, stride), _down(w, stride), c
+        self._build_head(
+            c_in,
+            num_classes,
+            minibatch_discrimination,
+            mbd_kernels,
+            mbd_dim,
+            weight_norm=weight_norm,
+            spectral_norm=spectral_norm,
+        )
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        h = self.input_noise(x)
+        feats = []
+        for block in self.body:
+            h = block(h)
+            feats.append(h.mean(dim=(2, 3)))
+        return feats
+
+
+class _PreActBlock(nn.Module):
+    """Pre-activation basic block: norm-act-conv3x3-norm-act-conv3x3 plus (projected) shortcut."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        batch_norm: bool,
+        spectral_norm: bool,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        conv_kw = {"bias": not batch_norm, "spectral_norm": spectral_norm}
+        self.norm1 = nn.BatchNorm2d(c_in) if batch_norm else nn.Identity()
+        self.act1 = activation_layer(activation)
+        self.conv1 = _conv(c_in, c_out, 3, stride, 1, **conv_kw)
+        self.norm2 = nn.BatchNorm2d(c_out) if batch_norm else nn.Identity()
+        self.act2 = activation_layer(activation)
+        self.conv2 = _conv(c_out, c_out, 3, 1, 1, **conv_kw)
+        self.shortcut = (
+            _conv(c_in, c_out, 1, stride, 0, bias=False, spectral_norm=spectral_norm)
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(self.act1(self.norm1(x)))
+        out = self.conv2(self.act2(self.norm2(out)))
+        return out + self.shortcut(x)
+
+
+class ResNet(_Classifier):
+    """Small pre-activation ResNet (for 32x32; works from 8x8).
+
+    conv3x3 stem, then one stage per entry of ``widths`` with ``blocks_per_stage`` basic blocks
+    (the first block of every stage after the first downsamples by 2 while the spatial size is
+    >= 8), final norm + activation. Features: global average pool of each stage's output (the
+    last one after the final norm + activation).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        widths: Sequence[int] = (64, 128, 256),
+        blocks_per_stage: int = 2,
+        batch_norm: bool = True,
+        spectral_norm: bool = False,
+        activation: str = "relu",
+        minibatch_discrimination: bool = False,
+        mbd_kernels: int = 100,
+        mbd_dim: int = 5,
+    ) -> None:
+        super().__init__()
+        self.in_shape = as_shape(in_shape)
+        widths = as_shape(widths)
+        c_in, h, w = self.in_shape
+        self.stem = _conv(
+            c_in, widths[0], 3, 1, 1, bias=not batch_norm, spectral_norm=spectral_norm
+        )
+        c_in = widths[0]
+        self.stages = nn.ModuleList()
+        for i, c in enumerate(widths):
+            blocks = []
+            for j in range(blocks_per_stage):
+                stride = 2 if i > 0 and j == 0 and min(h, w) >= 8 else 1
+                blocks.append(_PreActBlock(c_in, c, stride, batch_norm, spectral_norm, activation))
+                h, w, c_in = _down(h, stride), _down(w, stride), c
+            self.stages.append(nn.Sequential(*blocks))
+        self.final = nn.Sequential(
+            nn.BatchNorm2d(c_in) if batch_norm else nn.Identity(), activation_layer(activation)
+        )
+        self._build_head(
+            c_in,
+            num_classes,
+            minibatch_discrimination,
+            mbd_kernels,
+            mbd_dim,
+            spectral_norm=spectral_norm,
+        )
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        h = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i == len(self.stages) - 1:
+                h = self.final(h)
+            feats.append(h.mean(dim=(2, 3)))
+        return feats
+
+
+class SalimansConvDiscriminator(_Classifier):
+    """The paper's CIFAR-10 discriminator (SVHN with ``channels=(64, 128)``).
+
+    dropout(input_dropout) -> 3 x wn-conv3x3 c0 (last stride 2) -> dropout -> 3 x wn-conv3x3 c1
+    (last stride 2) -> dropout -> wn-conv3x3 c1 valid -> 2 x wn-conv1x1 c1 -> global average
+    pool -> wn-dense head (init scale 0.1, trained g). Leaky ReLU 0.2 after every conv;
+    v ~ N(0, 0.05); hidden g frozen after the data-dependent init, as in the authors' code.
+    The "valid" conv is padded when the map is smaller than 3x3 (inputs below 12x12).
+    Features: global average pool of the three blocks' outputs (the last: the paper's 192-d).
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        channels: Sequence[int] = (96, 192),
+        dropout: float = 0.5,
+        input_dropout: float = 0.2,
+        minibatch_discrimination: bool = False,
+        mbd_kernels: int = 100,
+        mbd_dim: int = 5,
+        train_hidden_scale: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_shape = as_shape(in_shape)
+        c0, c1 = as_shape(channels)
+        c_in, h, w = self.in_shape
+
+        def conv(a: int, b: int, k: int, s: int = 1, p: int = 1) -> nn.Module:
+            return _conv(a, b, k, s, p, weight_norm=True, train_scale=train_hidden_scale)
+
+        def act() -> nn.Module:
+            return nn.LeakyReLU(0.2)
+
+        h, w = _down(_down(h, 2), 2), _down(_down(w, 2), 2)
+        pad = 0 if min(h, w) >= 3 else 1
+        self.body = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Dropout(input_dropout),
+                    conv(c_in, c0, 3),
+                    act(),
+                    conv(c0, c0, 3),
+                    act(),
+                    conv(c0, c0, 3, 2),
+                    act(),
+                    nn.Dropout(dropout),
+                ),
+                nn.Sequential(
+                    conv(c0, c1, 3),
+                    act(),
+                    conv(c1, c1, 3),
+                    act(),
+                    conv(c1, c1, 3, 2),
+                    act(),
+                    nn.Dropout(dropout),
+                ),
+                nn.Sequential(
+                    conv(c1, c1, 3, 1, pad),
+                    act(),
+                    conv(c1, c1, 1, 1, 0),
+                    act(),
+                    conv(c1, c1, 1, 1, 0),
+                    act(),
+                ),
+            ]
+        )
+        self._build_head(
+            c1,
+            num_classes,
+            minibatch_discrimination,
+            mbd_kernels,
+            mbd_dim,
+            weight_norm=True,
+            init_scale=0.1,
+            weight_init_std=0.05,
+        )
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        feats = []
+        h = x
+        for block in self.body:
+            h = block(h)
+            feats.append(h.mean(dim=(2, 3)))
+        return feats

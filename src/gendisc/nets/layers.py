@@ -1,0 +1,394 @@
+"""Special layers: Gaussian noise, minibatch discrimination, weight normalisation with
+data-dependent initialisation, and virtual batch normalisation (Salimans et al. 2016)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gendisc.errors import ConfigError
+
+__all__ = [
+    "GaussianNoise",
+    "MinibatchDiscrimination",
+    "VirtualBatchNorm",
+    "WeightNormConv2d",
+    "WeightNormConvTranspose2d",
+    "WeightNormLinear",
+    "activation_layer",
+    "as_shape",
+    "data_dependent_init",
+    "mark_initialized",
+]
+
+
+def as_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """Convert a shape given as list/tuple/ListConfig into a tuple of ints."""
+    return tuple(int(v) for v in shape)
+
+
+_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(),
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": lambda: nn.ELU(),
+    "gelu": lambda: nn.GELU(),
+    "silu": lambda: nn.SiLU(),
+    "softplus": lambda: nn.Softplus(),
+    "tanh": lambda: nn.Tanh(),
+}
+
+
+def activation_layer(name: str) -> nn.Module:
+    """A fresh activation module by name (``leaky_relu`` uses slope 0.2, as in the paper)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}"
+        ) from None
+
+
+class GaussianNoise(nn.Module):
+    """Add N(0, sigma^2) noise in training mode; identity in eval mode or when sigma == 0."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        if sigma < 0:
+            raise ConfigError(f"GaussianNoise sigma must be >= 0, got {sigma}")
+        self.sigma = float(sigma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.sigma == 0:
+            return x
+        return x + self.sigma * torch.randn_like(x)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Minibatch discrimination (Salimans et al. 2016, section 3.2).
+
+    With T in R^{A x B x C}: M_i = f(x_i) T in R^{B x C},
+    c_b(i, j) = exp(-||M_{i,b} - M_{j,b}||_1), o(x_i)_b = sum_{j != i} c_b(i, j).
+    Returns ``cat([f, o], dim=1)`` of width A + B. No bias (the paper's formula).
+    """
+
+    def __init__(
+        self, in_features: int, num_kernels: int = 100, kernel_dim: int = 5, init_std: float = 0.05
+    ) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.num_kernels = int(num_kernels)
+        self.kernel_dim = int(kernel_dim)
+        self.out_features = self.in_features + self.num_kernels
+        self.T = nn.Parameter(
+            torch.randn(self.in_features, self.num_kernels, self.kernel_dim) * init_std
+        )
+
+    def forward(self, f: Tensor) -> Tensor:
+        n = f.shape[0]
+        m = (f @ self.T.flatten(1)).view(n, self.num_kernels, self.kernel_dim)  # (N, B, C)
+        m = m.transpose(0, 1)  # (B, N, C)
+        dist = torch.cdist(m, m, p=1.0)  # (B, N, N): L1 distances per kernel
+        off_diag = 1.0 - torch.eye(n, device=f.device, dtype=f.dtype)
+        o = (torch.exp(-dist) * off_diag).sum(dim=2).transpose(0, 1)  # (N, B)
+        return torch.cat([f, o], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_kernels={self.num_kernels}, kernel_dim={self.kernel_dim}"
+
+
+class _WeightNormBase(nn.Module):
+    """Weight normalisation w = g * v / ||v|| (one norm per output unit) with bias b.
+
+    Data-dependent init (Salimans & Kingma 2016): while the ``initialized`` buffer is False,
+    ``forward`` computes t = the pre-activation with g = 1, b = 0 on the incoming batch, sets
+    g = init_scale / std(t) and b = -mean(t) * g per unit (statistics over the batch and, for
+    convolutions, spatial positions), marks the layer initialised and returns the normalised
+    output. ``train_scale=False`` freezes g after the init (the authors' hidden layers).
+    ``data_init=False`` skips the data-dependent init (g = 1, b = 0).
+    """
+
+    _out_dim: int  # dimension of v indexing output units
+    v: nn.Parameter
+    g: nn.Parameter
+    bias: nn.Parameter
+    initialized: Tensor
+
+    def _setup(
+        self,
+        v_shape: tuple[int, ...],
+        out_dim: int,
+        init_scale: float,
+        weight_init_std: float,
+        train_scale: bool,
+        data_init: bool,
+    ) -> None:
+        self._out_dim = out_dim
+        n_out = v_shape[out_dim]
+        self.init_scale = float(init_scale)
+        self.data_init = bool(data_init)
+        self.v = nn.Parameter(torch.randn(v_shape) * weight_init_std)
+        self.g = nn.Parameter(torch.ones(n_out), requires_grad=train_scale)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        self.register_buffer("initialized", torch.tensor(not data_init))
+        self._init_seen = False  # Python-side cache to avoid a device sync per forward
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _unit_view(self, t: Tensor) -> Tensor:
+        shape = [1] * self.v.dim()
+        shape[self._out_dim] = -1
+        return t.view(shape)
+
+    def direction(self) -> Tensor:
+        """v / ||v||, normalised per output unit."""
+        dims = [d for d in range(self.v.dim()) if d != self._out_dim]
+        return self.v / torch.linalg.vector_norm(self.v, dim=dims, keepdim=True).clamp_min(1e-12)
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective weight g * v / ||v||."""
+        return self.direction() * self._unit_view(self.g)
+
+    def is_initialized(self) -> bool:
+        if not self._init_seen:
+            self._init_seen = bool(self.initialized)
+        return self._init_seen
+
+    def reset_initialization(self) -> None:
+        """Mark the layer uninitialised so that the next forward re-runs the data init."""
+        self.initialized.fill_(False)
+        self._init_seen = False
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        t = self._op(x, self.direction(), None)
+        dims = [0, *range(2, t.dim())]
+        mean = t.mean(dim=dims)
+        std = t.std(dim=dims, unbiased=False).clamp_min(1e-8)
+        g = self.init_scale / std
+        self.g.copy_(g)
+        self.bias.copy_(-mean * g)
+        self.initialized.fill_(True)
+        self._init_seen = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.is_initialized():
+            self._initialize(x)
+        return self._op(x, self.weight, self.bias)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False
+
+
+class WeightNormLinear(_WeightNormBase):
+    """Weight-normalised dense layer; v ~ N(0, weight_init_std^2) (0.1 as in the MNIST code)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        init_scale: float = 1.0,
+        weight_init_std: float = 0.1,
+        train_scale: bool = True,
+        data_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._setup(
+            (self.out_features, self.in_features),
+            0,
+            init_scale,
+            weight_init_std,
+            train_scale,
+            data_init,
+        )
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, init_scale={self.init_scale}"
+
+
+class WeightNormConv2d(_WeightNormBase):
+    """Weight-normalised 2-d convolution; v ~ N(0, weight_init_std^2) (0.05 as in the CIFAR code)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        init_scale: float = 1.0,
+        weight_init_std: float = 0.05,
+        train_scale: bool = True,
+        data_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        k = self.kernel_size
+        self._setup(
+            (self.out_channels, self.in_channels, k, k),
+            0,
+            init_scale,
+            weight_init_std,
+            train_scale,
+            data_init,
+        )
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, init_scale={self.init_scale}"
+        )
+
+
+class WeightNormConvTranspose2d(_WeightNormBase):
+    """Weight-normalised transposed convolution (v has shape (in, out, k, k); norm per output
+    channel), as the last layer of the paper's CIFAR-10 generator."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        output_padding: int = 0,
+        init_scale: float = 1.0,
+        weight_init_std: float = 0.05,
+        train_scale: bool = True,
+        data_init: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride = int(kernel_size), int(stride)
+        self.padding, self.output_padding = int(padding), int(output_padding)
+        k = self.kernel_size
+        self._setup(
+            (self.in_channels, self.out_channels, k, k),
+            1,
+            init_scale,
+            weight_init_std,
+            train_scale,
+            data_init,
+        )
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv_transpose2d(
+            x,
+            weight,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, init_scale={self.init_scale}"
+        )
+
+
+def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _WeightNormBase]]:
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, _WeightNormBase)]
+
+
+def data_dependent_init(net: nn.Module, batch: Tensor, *args: Any, **kwargs: Any) -> None:
+    """(Re-)initialise every weight-norm layer of ``net`` from one batch.
+
+    Marks the layers built with ``data_init=True`` uninitialised, runs ``net(batch, *args,
+    **kwargs)`` once under ``no_grad`` in train mode (so the layers initialise in order, each
+    on the output of the already initialised layers below), restores the previous mode and
+    raises ``RuntimeError`` if a layer was not reached. Batch-norm running statistics see this
+    batch once, as in any training-mode forward.
+    """
+    layers = _weight_norm_layers(net)
+    for _, layer in layers:
+        if layer.data_init:
+            layer.reset_initialization()
+    was_training = net.training
+    net.train()
+    try:
+        with torch.no_grad():
+            net(batch, *args, **kwargs)
+    finally:
+        net.train(was_training)
+    missing = [name for name, layer in layers if not bool(layer.initialized)]
+    if missing:
+        raise RuntimeError(f"weight-norm layers not reached by the init forward pass: {missing}")
+
+
+def mark_initialized(net: nn.Module) -> None:
+    """Mark every weight-norm layer of ``net`` initialised (e.g. before loading weights)."""
+    for _, layer in _weight_norm_layers(net):
+        layer.initialized.fill_(True)
+        layer._init_seen = True
+
+
+class VirtualBatchNorm(nn.Module):
+    """Virtual batch normalisation (Salimans et al. 2016, section 3.4) for (N, F) or (N, C, H, W).
+
+    Design: a single forward over ``cat([x_ref, x])``; ``ref_size`` says how many leading rows
+    are the fixed reference batch. Reference statistics (mean, mean of squares per feature;
+    over rows and spatial positions) come from those rows in the same pass, so gradients flow
+    through them. The reference rows are normalised with the reference statistics alone; every
+    other example i with mean_i = w * mu_i + (1 - w) * mu_ref and
+    meansq_i = w * sq_i + (1 - w) * sq_ref, w = 1 / (ref_size + 1), where mu_i, sq_i are the
+    example's own per-channel mean / mean square (over spatial positions; the value itself for
+    (N, F)). Examples never see one another. Output = gamma * (x - mean) / sqrt(var + eps) + beta.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps = int(num_features), float(eps)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(self.num_features))
+            self.bias = nn.Parameter(torch.zeros(self.num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor, ref_size: int | None = None) -> Tensor:
+        if ref_size is None or not 0 < ref_size <= x.shape[0]:
+            raise ValueError(
+                "VirtualBatchNorm needs ref_size in [1, batch size]: call it on "
+                f"cat([reference_batch, batch]); got ref_size={ref_size}, batch {x.shape[0]}"
+            )
+        spatial = list(range(2, x.dim()))
+        ref, rest = x[:ref_size], x[ref_size:]
+        mu_ref = ref.mean(dim=[0, *spatial], keepdim=True)
+        sq_ref = ref.square().mean(dim=[0, *spatial], keepdim=True)
+        var_ref = (sq_ref - mu_ref.square()).clamp_min(0)
+        outs = [(ref - mu_ref) * torch.rsqrt(var_ref + self.eps)]
+        if rest.shape[0] > 0:
+            w = 1.0 / (ref_size + 1)
+            mu_i = rest.mean(dim=spatial, keepdim=True) if spatial else rest
+            sq_i = rest.square().mean(dim=spatial, keepdim=True) if spatial else rest.square()
+            mu = w * mu_i + (1 - w) * mu_ref
+            var = (w * sq_i + (1 - w) * sq_ref - mu.square()).clamp_min(0)
+            outs.append((rest - mu) * torch.rsqrt(var + self.eps))
+        out = torch.cat(outs, dim=0)
+        if self.affine:
+            shape = [1, -1] + [1] * len(spatial)
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"

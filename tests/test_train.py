@@ -1,0 +1,167 @@
+"""End-to-end runs of the real configs on tiny budgets: train(cfg) in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from gendisc.eval import evaluate
+from gendisc.train import train
+from gendisc.utils.config import PROJECT_ROOT
+from tests.conftest import CONFIG_DIR, compose_config, requires_mnist, shared_data_dir
+
+EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+# experiments that need a checkpoint given on the command line
+NEEDS_CHECKPOINT = {"transfer_mnist_to_fashion"}
+TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
+
+
+def test_default_config_composes_to_the_baseline_on_digits():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train")
+    assert cfg.data.dataset == "digits" and cfg.data.labels_per_class == 10
+    assert cfg.logger.csv is not None and cfg.optimized_metric.startswith("val/")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fdr"]
+    if experiment in NEEDS_CHECKPOINT:
+        source = train(
+            make_cfg(
+                [
+                    "debug=fdr",
+                    "data=mnist",
+                    "trainer.fast_dev_run=false",
+                    *TINY,
+                    "trainer.max_epochs=1",
+                ],
+                name="source",
+            )
+        )
+        assert source["test/acc"] >= 0
+        overrides.append(f"model.init_from={tmp_path / 'source' / 'checkpoints' / 'last.ckpt'}")
+    if "mnist" in experiment and not (shared_data_dir() / "MNIST").is_dir():
+        pytest.skip("MNIST data not available")
+    metrics = train(make_cfg(overrides))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_default_run_writes_report(make_cfg, tmp_path):
+    cfg = make_cfg(TINY)
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    report = json.loads((run / "metrics.json").read_text())
+    for key in [
+        "test/acc",
+        "test/precision",
+        "test/recall",
+        "test/f1",
+        "time/fit_s",
+        "time/train_samples_per_s",
+        "mem/peak_mb",
+    ]:
+        assert isinstance(report[key], float), key
+    assert report["data/labeled"] == 100 and report["data/val"] == 100
+    assert report["data/unlabeled"] == 1337 and report["data/test"] == 360
+    assert report["seed"] == 0 and report["data_seed"] == 0
+    matrix = torch.tensor(report["test/confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 360
+    assert report["test/acc"] == pytest.approx(matrix.trace().item() / 360, abs=1e-6)
+    assert len(report["test/precision_per_class"]) == 10
+    # the epoch is one pass over the unlabeled pool with the labeled set tiled: 3 steps of 100
+    assert report["train/images_seen"] == 2 * 3 * 100
+    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    assert list((run / "csv").rglob("test_confusion_matrix*.png")), "figure not sent to CSV logger"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert metrics["val/acc"] == pytest.approx(metrics["val/acc"])  # returned, finite
+
+
+def test_same_labels_across_models_and_seeds(make_cfg):
+    from gendisc.train import build
+
+    labeled = []
+    for overrides in (["seed=1"], ["seed=2", "model/net=mlp"]):
+        datamodule, _ = build(make_cfg(overrides))
+        labeled.append(datamodule.labeled_index)
+    assert torch.equal(*labeled)
+    other, _ = build(make_cfg(["data.data_seed=1"]))
+    assert not torch.equal(labeled[0], other.labeled_index)
+
+
+def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
+    metrics = train(make_cfg([*TINY, "test_ckpt=last"]))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"ckpt_path={ckpt}"], tmp_path / "eval", config_name="eval")
+    result = evaluate(cfg)
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_transfer_learning_loads_backbone_and_freezes(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "trainer.max_epochs=1"], name="source"))
+    ckpt = tmp_path / "source" / "checkpoints" / "last.ckpt"
+    from gendisc.train import build
+
+    _, model = build(make_cfg([f"model.init_from={ckpt}", "model.freeze_backbone=true"]))
+    source = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    report = model.transfer_report
+    assert report.loaded and not report.missing
+    for name in report.loaded:
+        assert torch.equal(model.net.state_dict()[name], source[f"net.{name}"])
+    trainable = {n for n, p in model.net.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)
+
+
+def _gendisc_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "gendisc.train",
+        f"paths.data_dir={shared_data_dir()}",
+        f"hydra.run.dir={cwd}/run",
+        "extras.print_config=false",
+        *overrides,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data=nope"], "data"),
+        (["model=nope"], "model"),
+        (["data.labels_per_class=500"], "data.labels_per_class=500"),
+        (["data=mnist", "paths.data_dir=/nonexistent"], "paths.data_dir"),
+        (["model.init_from=/nonexistent.ckpt"], "model.init_from"),
+        (["data.nope=1"], "nope"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path):
+    if "data=mnist" in overrides:
+        overrides = [*overrides, "data.download=false"]
+    result = _gendisc_train(*overrides, cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_corrupt_checkpoint_for_init_from(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    result = _gendisc_train(f"model.init_from={bad}", cwd=tmp_path)
+    assert result.returncode != 0 and "cannot read this checkpoint" in result.stderr
+
+
+@requires_mnist
+def test_mnist_baseline_one_step(make_cfg):
+    metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
+    assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
