@@ -53,7 +53,7 @@ def test_too_many_labels_per_class_names_the_setting(per_class):
 
 
 def test_bad_val_size_and_zero_labels():
-    with pytest.raises(ConfigError, match="data.val_size"):
+    with pytest.raises(ConfigError, match=r"data\.val_size"):
         split_labels(_labels(), 1, 10_000, data_seed=0)
     with pytest.raises(ConfigError, match="at least 1"):
         split_labels(_labels(), 0, 10, data_seed=0)
