@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
+# the baseline classifier and the joint semi-supervised GAN on the same labels, side by side
 train: setup
-	$(BIN)/gendisc-train $(ARGS)
+	$(BIN)/gendisc-train -m model=classifier,ssl_gan $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

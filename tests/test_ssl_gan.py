@@ -1,0 +1,128 @@
+"""The joint semi-supervised GAN: losses by hand, label protocol, switches, end-to-end runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning import Callback
+
+from gendisc.losses import ssl_supervised_loss, ssl_unsupervised_loss
+from gendisc.models.ssl_gan import SSLGANModule
+from gendisc.train import build, train
+
+TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
+
+
+def test_ssl_losses_on_a_hand_computed_example():
+    # K = 2. x_lab logits (0, 0), label 0: p(y|x) = 1/2 -> L_lab = log 2.
+    assert ssl_supervised_loss(torch.zeros(1, 2), torch.tensor([0])).item() == pytest.approx(
+        math.log(2)
+    )
+    # x_unl logits (0, 0): Z = 2, D = 2/3; G(z) logits (log 0.5, log 0.5): Z = 1, D = 1/2.
+    # L_unl = -1/2 [log D(x_unl) + log(1 - D(G(z)))] = -1/2 [log(2/3) + log(1/2)]
+    unl = torch.zeros(1, 2)
+    fake = torch.full((1, 2), math.log(0.5))
+    expected = -0.5 * (math.log(2 / 3) + math.log(1 / 2))
+    assert ssl_unsupervised_loss(unl, fake).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_default_main_job_is_the_joint_module_on_digits(make_cfg):
+    cfg = make_cfg()
+    assert cfg.model._target_.endswith("SSLGANModule")
+    assert cfg.data.dataset == "digits" and cfg.data.labels_per_class == 10
+
+
+class RecordLabeled(Callback):
+    """Keeps every labeled image and label the module trains on."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.keys: set[str] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.images.append(batch["x"].clone())
+        self.labels.append(batch["y"].clone())
+        self.keys |= set(batch)
+
+
+def test_labeled_images_never_exceed_the_protocol(make_cfg):
+    cfg = make_cfg([*TINY, "data.labels_per_class=3", "test=false"])
+    datamodule, model = build(cfg)
+    recorder = RecordLabeled()
+    import lightning as L
+
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0,
+                        callbacks=[recorder], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, use_distributed_sampler=False)
+    trainer.fit(model, datamodule=datamodule)
+    allowed = {bytes(img.numpy()) for img in
+               datamodule.train_images[datamodule.labeled_index]}
+    seen = torch.cat(recorder.images)
+    seen_uint8 = ((seen + 1) * 127.5).round().to(torch.uint8)
+    assert {bytes(img.numpy()) for img in seen_uint8} <= allowed
+    assert len({bytes(img.numpy()) for img in seen_uint8}) == 30  # every labeled image used
+    # feature matching takes the real statistics from a second unlabeled batch
+    assert recorder.keys == {"x", "y", "x_unl", "x_unl2"}
+
+
+def test_same_labeled_set_for_joint_module_and_baseline(make_cfg):
+    joint, _ = build(make_cfg(["model=ssl_gan", "seed=3"]))
+    baseline, _ = build(make_cfg(["model=classifier", "seed=4"]))
+    assert torch.equal(joint.labeled_index, baseline.labeled_index)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model.generator_objective=minimax", "model.generator_steps=2"],
+        ["model.generator_objective=non_saturating", "model.ema_decay=null"],
+        ["model.discriminator.minibatch_discrimination=true", "model.feature_layer=-2"],
+        ["model.unlabeled_weight=0.5", "model.feature_norm=l1", "model.init_images=0"],
+    ],
+    ids=["default", "minimax", "nonsat_no_ema", "mbd", "weights"],
+)
+def test_switches_train_end_to_end(make_cfg, overrides):
+    metrics = train(make_cfg([*TINY, *overrides]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert math.isfinite(metrics["train/d_loss"]) and math.isfinite(metrics["train/g_loss"])
+
+
+def test_minibatch_discrimination_widens_the_head(make_cfg):
+    _, plain = build(make_cfg())
+    _, mbd = build(make_cfg(["model.discriminator.minibatch_discrimination=true"]))
+    assert mbd.discriminator.minibatch_disc is not None and plain.discriminator.minibatch_disc is None
+    assert mbd.discriminator.head.in_features > plain.discriminator.head.in_features
+    assert plain.unlabeled_streams == 2
+    _, minimax = build(make_cfg(["model.generator_objective=minimax"]))
+    assert minimax.unlabeled_streams == 1
+
+
+def test_evaluation_uses_the_ema_discriminator(make_cfg):
+    _, model = build(make_cfg())
+    assert isinstance(model, SSLGANModule) and model.ema is not None
+    with torch.no_grad():
+        for parameter in model.ema.shadow.parameters():
+            parameter.add_(1.0)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    model.eval()
+    assert not torch.allclose(model.classify(x), model(x))
+    assert torch.allclose(model.classify(x), model.ema.shadow(x))
+
+
+def test_data_dependent_init_runs_at_fit_start(make_cfg):
+    import lightning as L
+
+    from gendisc.nets.layers import WeightNormLinear
+
+    datamodule, model = build(make_cfg())
+    layers = [m for m in model.discriminator.modules() if isinstance(m, WeightNormLinear)]
+    assert layers and not any(bool(layer.initialized) for layer in layers)
+    trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False,
+                        use_distributed_sampler=False)
+    trainer.fit(model, datamodule=datamodule)
+    assert all(bool(layer.initialized) for layer in layers)
+    assert int(model.ema.num_updates) == 1
