@@ -12,6 +12,7 @@ help:
 	@echo "make setup  - create $(VENV) and install gendisc with its dependencies"
 	@echo "make train  - set up, then run the default experiment"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make bench  - ssl_gan training speed: framework vs plain PyTorch loop"
 	@echo "make lint   - ruff check"
 
 $(BIN)/python:
@@ -20,7 +21,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -e ".[dev,notebook]"
+	$(BIN)/python -m pip install -e ".[dev,notebook,sweep]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,6 +32,10 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ssl_gan under Lightning vs a plain PyTorch loop of the same work: prints "ratio: X"
+bench: setup
+	$(BIN)/python experiments/bench_ssl_gan.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests experiments

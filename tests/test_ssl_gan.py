@@ -54,12 +54,18 @@ def test_labeled_images_never_exceed_the_protocol(make_cfg):
     recorder = RecordLabeled()
     import lightning as L
 
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0,
-                        callbacks=[recorder], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, use_distributed_sampler=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        callbacks=[recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, datamodule=datamodule)
-    allowed = {bytes(img.numpy()) for img in
-               datamodule.train_images[datamodule.labeled_index]}
+    allowed = {bytes(img.numpy()) for img in datamodule.train_images[datamodule.labeled_index]}
     seen = torch.cat(recorder.images)
     seen_uint8 = ((seen + 1) * 127.5).round().to(torch.uint8)
     assert {bytes(img.numpy()) for img in seen_uint8} <= allowed
@@ -94,7 +100,9 @@ def test_switches_train_end_to_end(make_cfg, overrides):
 def test_minibatch_discrimination_widens_the_head(make_cfg):
     _, plain = build(make_cfg())
     _, mbd = build(make_cfg(["model.discriminator.minibatch_discrimination=true"]))
-    assert mbd.discriminator.minibatch_disc is not None and plain.discriminator.minibatch_disc is None
+    assert (
+        mbd.discriminator.minibatch_disc is not None and plain.discriminator.minibatch_disc is None
+    )
     assert mbd.discriminator.head.in_features > plain.discriminator.head.in_features
     assert plain.unlabeled_streams == 2
     _, minimax = build(make_cfg(["model.generator_objective=minimax"]))
@@ -121,8 +129,9 @@ def test_data_dependent_init_runs_at_fit_start(make_cfg):
     datamodule, model = build(make_cfg())
     layers = [m for m in model.discriminator.modules() if isinstance(m, WeightNormLinear)]
     assert layers and not any(bool(layer.initialized) for layer in layers)
-    trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False,
-                        use_distributed_sampler=False)
+    trainer = L.Trainer(
+        fast_dev_run=True, logger=False, enable_progress_bar=False, use_distributed_sampler=False
+    )
     trainer.fit(model, datamodule=datamodule)
     assert all(bool(layer.initialized) for layer in layers)
     assert int(model.ema.num_updates) == 1

@@ -28,7 +28,9 @@ class SweepSummary(Callback):
             if metrics_file.is_file():
                 runs.append(json.loads(metrics_file.read_text()))
             elif failure_file.is_file():
-                runs.append({"test/acc": "failed: " + json.loads(failure_file.read_text())["error"][:40]})
+                runs.append(
+                    {"test/acc": "failed: " + json.loads(failure_file.read_text())["error"][:40]}
+                )
             else:
                 runs.append({})
         if runs:
