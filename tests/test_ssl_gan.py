@@ -11,6 +11,7 @@ from lightning import Callback
 from gendisc.losses import ssl_supervised_loss, ssl_unsupervised_loss
 from gendisc.models.ssl_gan import SSLGANModule
 from gendisc.train import build, train
+from gendisc.utils.config import PROJECT_ROOT
 
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
 
@@ -135,3 +136,13 @@ def test_data_dependent_init_runs_at_fit_start(make_cfg):
     trainer.fit(model, datamodule=datamodule)
     assert all(bool(layer.initialized) for layer in layers)
     assert int(model.ema.num_updates) == 1
+
+
+ABLATIONS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "ablation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_ablation_runs_fast_dev_run(make_cfg, ablation):
+    cfg = make_cfg([f"ablation={ablation}", "debug=fdr"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -17,13 +17,13 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        runs, names = [], []
+        runs, labels = [], []
         for job_dir in sorted(sweep_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
             overrides_file = job_dir / ".hydra" / "overrides.yaml"
             if not overrides_file.is_file():
                 continue
             overrides = [o for o in OmegaConf.load(overrides_file) if not o.startswith("hydra.")]
-            names.append(" ".join(overrides) or job_dir.name)
+            labels.append(overrides)
             metrics_file, failure_file = job_dir / "metrics.json", job_dir / "failure.json"
             if metrics_file.is_file():
                 runs.append(json.loads(metrics_file.read_text()))
@@ -34,4 +34,6 @@ class SweepSummary(Callback):
             else:
                 runs.append({})
         if runs:
+            shared = set.intersection(*(set(label) for label in labels)) if labels else set()
+            names = [" ".join(o for o in label if o not in shared) or "job" for label in labels]
             print_results_table(*runs, names=names, title=f"Sweep {sweep_dir}")
