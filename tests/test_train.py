@@ -165,3 +165,12 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
     assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
+
+
+def test_every_logger_works_offline_and_gets_the_figure(make_cfg, tmp_path):
+    metrics = train(make_cfg(["logger=many", "model=classifier", *TINY, "trainer.max_epochs=1"]))
+    run = tmp_path / "run"
+    assert metrics["test/acc"] >= 0
+    assert list((run / "wandb").glob("offline-run-*")), "wandb did not run offline"
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert list((run / "csv").rglob("test_confusion_matrix*.png"))
