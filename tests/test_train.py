@@ -174,3 +174,16 @@ def test_every_logger_works_offline_and_gets_the_figure(make_cfg, tmp_path):
     assert list((run / "wandb").glob("offline-run-*")), "wandb did not run offline"
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((run / "csv").rglob("test_confusion_matrix*.png"))
+
+
+def test_run_directories_never_collide_within_one_second():
+    GlobalHydra.instance().clear()
+    dirs = []
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for _ in range(2):
+            cfg = compose(config_name="train", return_hydra_config=True)
+            first = cfg.hydra.run.dir
+            assert cfg.hydra.run.dir == first  # one id per run, however often it is read
+            dirs.append(first)
+    assert dirs[0] != dirs[1]
+    GlobalHydra.instance().clear()
