@@ -20,6 +20,12 @@ from tests.conftest import CONFIG_DIR, compose_config, requires_mnist, shared_da
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 # experiments that need a checkpoint given on the command line
 NEEDS_CHECKPOINT = {"transfer_mnist_to_fashion"}
+# experiments that need a class-conditional generator checkpoint (model.generator_ckpt): the data
+NEEDS_GENERATOR = {
+    "augment_digits": "digits",
+    "augment_mnist": "mnist",
+    "augment_fashion_mnist": "fashion_mnist",
+}
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
 
 
@@ -31,15 +37,51 @@ def test_default_config_composes_to_the_baseline_on_digits():
     assert cfg.logger.csv is not None and cfg.optimized_metric.startswith("val/")
 
 
+def write_fake_rgb_datasets(root: Path, per_class: int = 6) -> Path:
+    """Tiny CIFAR-10 (python batches) and SVHN (.mat) files in their published layouts."""
+    import pickle
+
+    import numpy as np
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), per_class)
+    cifar = root / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        (cifar / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels.tolist()}))
+    svhn = root / "SVHN"
+    svhn.mkdir()
+    for split in ("train", "test"):
+        images = rng.integers(0, 256, (32, 32, 3, 5 * len(labels)), dtype=np.uint8)
+        savemat(svhn / f"{split}_32x32.mat", {"X": images, "y": np.tile(labels + 1, 5)[:, None]})
+    return root
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path):
     overrides = [f"experiment={experiment}", "debug=fdr"]
+    if any(name in experiment for name in ("cifar10", "svhn")):  # GPU-sized: fake tiny files
+        fake = write_fake_rgb_datasets(tmp_path / "fake_data")
+        overrides += [
+            f"paths.data_dir={fake}",
+            "data.labels_per_class=2",
+            "data.val_size=10",
+            "data.download=false",
+            "trainer.precision=32-true",
+            "trainer=cpu",
+            "data.batch_size=10",
+            "model.init_images=10",
+            "data.eval_batch_size=50",
+        ]
     if experiment in NEEDS_CHECKPOINT:
         source = train(
             make_cfg(
                 [
                     "debug=fdr",
                     "data=mnist",
+                    "model=classifier",
                     "trainer.fast_dev_run=false",
                     *TINY,
                     "trainer.max_epochs=1",
@@ -51,12 +93,18 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path):
         overrides.append(f"model.init_from={tmp_path / 'source' / 'checkpoints' / 'last.ckpt'}")
     if "mnist" in experiment and not (shared_data_dir() / "MNIST").is_dir():
         pytest.skip("MNIST data not available")
+    if experiment in NEEDS_GENERATOR:
+        generator = [f"data={NEEDS_GENERATOR[experiment]}", *TINY, "trainer.max_epochs=1"]
+        quiet = ["~callbacks.generative_metrics", "~callbacks.samples"]
+        train(make_cfg(["model=gan", *generator, *quiet], name="generator"))
+        ckpt = tmp_path / "generator" / "checkpoints" / "last.ckpt"
+        overrides.append(f"model.generator_ckpt={ckpt}")
     metrics = train(make_cfg(overrides))
     assert 0.0 <= metrics["test/acc"] <= 1.0
 
 
 def test_default_run_writes_report(make_cfg, tmp_path):
-    cfg = make_cfg(TINY)
+    cfg = make_cfg(["model=classifier", *TINY])
     metrics = train(cfg)
     run = tmp_path / "run"
     report = json.loads((run / "metrics.json").read_text())
@@ -89,7 +137,10 @@ def test_same_labels_across_models_and_seeds(make_cfg):
     from gendisc.train import build
 
     labeled = []
-    for overrides in (["seed=1"], ["seed=2", "model/net=mlp"]):
+    for overrides in (
+        ["seed=1", "model=classifier"],
+        ["seed=2", "model=classifier", "model/net=mlp"],
+    ):
         datamodule, _ = build(make_cfg(overrides))
         labeled.append(datamodule.labeled_index)
     assert torch.equal(*labeled)
@@ -98,7 +149,7 @@ def test_same_labels_across_models_and_seeds(make_cfg):
 
 
 def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
-    metrics = train(make_cfg([*TINY, "test_ckpt=last"]))
+    metrics = train(make_cfg(["model=classifier", *TINY, "test_ckpt=last"]))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     cfg = compose_config([f"ckpt_path={ckpt}"], tmp_path / "eval", config_name="eval")
     result = evaluate(cfg)
@@ -107,11 +158,13 @@ def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
 
 
 def test_transfer_learning_loads_backbone_and_freezes(make_cfg, tmp_path):
-    train(make_cfg([*TINY, "trainer.max_epochs=1"], name="source"))
+    train(make_cfg(["model=classifier", *TINY, "trainer.max_epochs=1"], name="source"))
     ckpt = tmp_path / "source" / "checkpoints" / "last.ckpt"
     from gendisc.train import build
 
-    _, model = build(make_cfg([f"model.init_from={ckpt}", "model.freeze_backbone=true"]))
+    _, model = build(
+        make_cfg(["model=classifier", f"model.init_from={ckpt}", "model.freeze_backbone=true"])
+    )
     source = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     report = model.transfer_report
     assert report.loaded and not report.missing
@@ -141,7 +194,7 @@ def _gendisc_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         (["model=nope"], "model"),
         (["data.labels_per_class=500"], "data.labels_per_class=500"),
         (["data=mnist", "paths.data_dir=/nonexistent"], "paths.data_dir"),
-        (["model.init_from=/nonexistent.ckpt"], "model.init_from"),
+        (["model=classifier", "model.init_from=/nonexistent.ckpt"], "model.init_from"),
         (["data.nope=1"], "nope"),
     ],
 )
@@ -157,7 +210,7 @@ def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path):
 def test_corrupt_checkpoint_for_init_from(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    result = _gendisc_train(f"model.init_from={bad}", cwd=tmp_path)
+    result = _gendisc_train("model=classifier", f"model.init_from={bad}", cwd=tmp_path)
     assert result.returncode != 0 and "cannot read this checkpoint" in result.stderr
 
 
