@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,9 +39,27 @@ def count_images(batch: Any) -> int:
     return 0
 
 
+def reset_host_peak() -> None:
+    """Restart the peak-RSS count of this process (Linux), so each job of a multirun, which
+    shares one process with the jobs before it, measures its own peak."""
+    with contextlib.suppress(OSError):  # not Linux (or not allowed): peak since the start
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def host_peak_mb() -> float:
+    """Peak resident memory since the last ``reset_host_peak`` (else since the process began)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak memory of this process: accelerator memory when training there, else host RSS."""
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    host = host_peak_mb()
     if device.type == "cuda":
         return {
             "mem/peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
@@ -102,6 +121,7 @@ class EvaluationReport(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        reset_host_peak()
         if self._restored:  # resuming: count the cost of the interrupted run too
             self.fit_seconds = self._restored.get("fit_seconds", 0.0)
             self.train_images = self._restored.get("train_images", 0)
@@ -123,8 +143,17 @@ class EvaluationReport(Callback):
         return {"fit_seconds": self.fit_seconds + running, "train_images": self.train_images}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Kept until ``on_fit_start``: only a resumed fit adds the earlier cost (not a test)."""
-        self._restored = dict(state_dict)
+        """Kept until ``on_fit_start``: only a resumed fit adds the earlier cost (not a test).
+
+        Strategies that restore after setup (``restore_checkpoint_after_setup``) call this once
+        the fit has started: the earlier cost is added at once then.
+        """
+        if self._fit_started is not None:
+            self.fit_seconds = state_dict.get("fit_seconds", 0.0)
+            self.train_images = state_dict.get("train_images", 0)
+            self._restored = {}
+        else:
+            self._restored = dict(state_dict)
 
     # ------------------------------------------------------------------------------ reporting
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -178,6 +207,9 @@ RESULT_KEYS = [
     "gen/is",
     "gen/cas",
     "gen/class_acc",
+    "gen/fid_real",
+    "gen/is_real",
+    "test/elbo",
     "data/labeled",
     "data/unlabeled",
     "data/val",

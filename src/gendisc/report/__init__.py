@@ -1,0 +1,36 @@
+"""Sweep reports: load the runs of multirun directories, aggregate over seeds, table and plot.
+
+    from gendisc.report import load_runs, aggregate, plot, write_report
+    runs = load_runs(["outputs/train/multiruns/<sweep>"])   # one row per run
+    table = aggregate(runs, group_by=["model"], metrics=["test/acc"])
+    write_report(["outputs/train/multiruns/<sweep>"])       # report.md, report.csv, PNGs
+
+Nothing here imports torch: reports load fast (the console script is ``gendisc-report``).
+"""
+
+from gendisc.report.plots import plot
+from gendisc.report.runs import (
+    SEED_KEYS,
+    default_group_by,
+    default_metrics,
+    find_run_dirs,
+    load_runs,
+    override_keys,
+)
+from gendisc.report.tables import aggregate, format_mean_std, to_markdown
+from gendisc.report.write import plot_axes, write_report
+
+__all__ = [
+    "SEED_KEYS",
+    "aggregate",
+    "default_group_by",
+    "default_metrics",
+    "find_run_dirs",
+    "format_mean_std",
+    "load_runs",
+    "override_keys",
+    "plot",
+    "plot_axes",
+    "to_markdown",
+    "write_report",
+]

@@ -1,0 +1,64 @@
+"""``gendisc-report <sweep dirs...>``: aggregate multirun results over seeds into a report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from gendisc.report.write import write_report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="gendisc-report",
+        description="Tabulate and plot the runs of Hydra multirun directories: mean ± std over "
+        "seeds per group, failed runs counted. Writes report.md, report.csv, runs.csv and PNGs.",
+    )
+    parser.add_argument("dirs", nargs="+", help="sweep (or run) directories")
+    parser.add_argument(
+        "--group-by",
+        nargs="*",
+        default=None,
+        help="override keys to group by (default: every swept key except seeds; give none "
+        "to pool all runs)",
+    )
+    parser.add_argument(
+        "--metrics", nargs="+", default=None, help="metrics.json keys (default: test/acc, cost...)"
+    )
+    parser.add_argument("--x", default=None, help="group key on the plots' x axis")
+    parser.add_argument("--hue", default=None, help="group key for one line each (default: model)")
+    parser.add_argument("--out", default=None, help="output directory (default: the first dir)")
+    parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument("--no-plots", action="store_true", help="write tables only")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``gendisc-report``."""
+    args = parse_args(argv)
+    try:
+        written = write_report(
+            args.dirs,
+            out=args.out,
+            group_by=args.group_by,
+            metrics=args.metrics,
+            x=args.x,
+            hue=args.hue,
+            plots=not args.no_plots,
+            title=args.title,
+        )
+    except (FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        print(written["report.md"].read_text())
+        print("Wrote " + ", ".join(str(path) for path in written.values()))
+    except BrokenPipeError:  # e.g. piped into head: the files are written; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

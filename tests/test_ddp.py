@@ -1,0 +1,185 @@
+"""Multi-process training (trainer=ddp_sim: 2 CPU processes) for every model config present.
+
+One real multirun of ``gendisc-train trainer=ddp_sim`` over the models (DDP inside a multirun:
+rank 1 of each job is started from the job's saved config). A probe callback, added through the
+config, writes what each rank saw; the tests compare ranks with each other and with the batches
+a single process would draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning import Callback, LightningModule, Trainer
+
+from gendisc.data import FewLabelDataModule
+from gendisc.data.batches import TrainBatches
+from gendisc.utils.config import PROJECT_ROOT
+from tests.conftest import TINY_SWEEP_ARGS, run_gendisc, shared_data_dir
+
+MODELS = ["classifier", "ssl_gan", "gan", "vae"]
+PRESENT = [m for m in MODELS if (PROJECT_ROOT / "conf" / "model" / f"{m}.yaml").is_file()]
+STEPS = 2
+# 1337 unlabeled images (val_size=100) in batches of 64: 20 single-process steps per epoch,
+# 10 per rank with 2 ranks, so both draw the same permutations
+DATA = {"val_size": 100, "batch_size": 64, "labels_per_class": 10, "data_seed": 0}
+
+
+class RankProbe(Callback):
+    """Test helper: writes ``probe_rank<r>.json`` with what this rank trained on and ended with."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.batches: list[dict[str, Any]] = []
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == 0 and batch_idx < STEPS:
+            self.batches.append(_describe(batch))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loader = trainer.train_dataloader
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().double().numpy().tobytes())
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "seed": loader.seed,
+            "labeled_index": loader.labeled_index.tolist(),
+            "batches": self.batches,
+            "state_digest": digest.hexdigest(),
+        }
+        path = self.output_dir / f"probe_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(record))
+
+
+def _describe(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A batch as comparable numbers: labels, and a checksum of each image."""
+    described: dict[str, Any] = {"y": batch["y"].tolist()}
+    for key, value in batch.items():
+        if key.startswith("x"):
+            described[key] = [round(v, 3) for v in value.flatten(1).sum(1).tolist()]
+    return described
+
+
+@pytest.fixture(scope="module")
+def ddp_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep = tmp_path_factory.mktemp("ddp_sweep")
+    run_gendisc(
+        "-m",
+        f"model={','.join(PRESENT)}",
+        "trainer=ddp_sim",
+        "data=digits",
+        *(f"data.{key}={value}" for key, value in DATA.items()),
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={STEPS}",
+        "trainer.limit_val_batches=1",
+        "++callbacks.generative_metrics=null",
+        "++callbacks.samples=null",
+        "+callbacks.probe._target_=tests.test_ddp.RankProbe",
+        "+callbacks.probe.output_dir=${paths.output_dir}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=PROJECT_ROOT,
+        timeout=600,
+    )
+    return sweep
+
+
+def _job_dir(sweep: Path, model: str) -> Path:
+    return sweep / str(PRESENT.index(model))
+
+
+def _single_process_batches(seed: int, streams: int) -> list[dict[str, Any]]:
+    """The first 2 * STEPS batches one process would draw in epoch 0 with the same seed."""
+    data = FewLabelDataModule(dataset="digits", data_dir=str(shared_data_dir()), **DATA).load()
+    batches = TrainBatches(
+        data.train_images,
+        data.train_labels,
+        data.labeled_index,
+        data.unlabeled_index,
+        batch_size=DATA["batch_size"],
+        unlabeled_batch_size=DATA["batch_size"],
+        unlabeled_streams=streams,
+        seed=seed,
+        current_epoch=lambda: 0,
+    )
+    described = []
+    for step, batch in enumerate(batches):
+        if step == 2 * STEPS:
+            break
+        described.append(_describe(batch))
+    return described
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ddp_trains_each_model_on_sharded_batches(model, ddp_sweep):
+    if model not in PRESENT:
+        pytest.skip(f"conf/model/{model}.yaml does not exist yet")
+    job = _job_dir(ddp_sweep, model)
+    failure = job / "failure.json"
+    assert not failure.exists(), json.loads(failure.read_text())["error"]
+    probes = [json.loads((job / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [p["rank"] for p in probes] == [0, 1] and {p["world_size"] for p in probes} == {2}
+    # the label protocol is the same on every rank
+    assert probes[0]["labeled_index"] == probes[1]["labeled_index"]
+    assert len(probes[0]["labeled_index"]) == 100
+    # each rank draws its own shard: together they are the single-process batch sequence
+    assert probes[0]["seed"] == probes[1]["seed"]
+    streams = sum(1 for key in probes[0]["batches"][0] if key.startswith("x_unl"))
+    single = _single_process_batches(probes[0]["seed"], streams)
+    for step in range(STEPS):
+        for rank in (0, 1):
+            assert probes[rank]["batches"][step] == single[2 * step + rank], (step, rank)
+    assert probes[0]["batches"][0]["y"] != probes[1]["batches"][0]["y"]
+    # gradients were synchronised: every rank ends with the same weights
+    assert probes[0]["state_digest"] == probes[1]["state_digest"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ddp_writes_one_report_with_metrics_over_all_ranks(model, ddp_sweep):
+    if model not in PRESENT:
+        pytest.skip(f"conf/model/{model}.yaml does not exist yet")
+    job = _job_dir(ddp_sweep, model)
+    assert [p.name for p in ddp_sweep.rglob("metrics.json") if p.parent == job] == ["metrics.json"]
+    assert len(list(job.rglob("metrics.json"))) == 1
+    assert len(list(job.rglob("confusion_matrix.png"))) == 1
+    assert len(list(job.rglob("hparams.yaml"))) == 1  # one logger version, written once
+    metrics = json.loads((job / "metrics.json").read_text())
+    # test metrics are synced: the confusion matrix covers both ranks' halves of the test set
+    matrix = torch.tensor(metrics["test/confusion_matrix"])
+    assert matrix.sum() == metrics["data/test"] == 360
+    assert metrics["test/acc"] == pytest.approx(matrix.trace().item() / 360, abs=1e-6)
+    # images counted over both ranks: STEPS steps x 2 ranks x (labeled + unlabeled) batches
+    assert metrics["train/images_seen"] % (STEPS * 2 * DATA["batch_size"]) == 0
+
+
+def test_failed_ddp_job_is_recorded_and_the_main_process_goes_on(tmp_path):
+    # the failing job of conftest's tiny sweep under DDP: a NaN loss in epoch 1 on both ranks.
+    # The worker rank records its error and exits quietly, so Lightning does not kill rank 0
+    # (which would end the whole sweep): rank 0 records failure.json and the sweep ends normally.
+    sweep = tmp_path / "sweep"
+    failing = [arg.replace("1e30,1", "1e30") for arg in TINY_SWEEP_ARGS]
+    run_gendisc(*failing, "trainer=ddp_sim", f"hydra.sweep.dir={sweep}", cwd=PROJECT_ROOT)
+    for name in ("failure.json", "failure_rank1.json"):
+        record = json.loads((sweep / "0" / name).read_text())
+        assert record["error_type"] == "NonFiniteLossError", name
+        assert "epoch 1" in record["error"]
+    assert not (sweep / "0" / "metrics.json").exists()
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert (sweep / "multirun.yaml").is_file()
+
+
+def test_in_process_multi_process_training_is_refused_clearly(make_cfg):
+    from gendisc.errors import ConfigError
+    from gendisc.train import train
+
+    with pytest.raises(ConfigError, match="run it with gendisc-train"):
+        train(make_cfg(["model=classifier", "trainer=ddp_sim", "debug=fdr"]))

@@ -1,0 +1,171 @@
+"""gendisc-report on fixture sweeps written by the test: statuses, grouping, mean/std, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gendisc.report import aggregate, default_group_by, load_runs, plot, to_markdown
+from gendisc.report.cli import main
+
+# (model, batch size, data_seed) -> test/acc; one failed and one unfinished run besides
+ACCURACY = {
+    ("classifier", 16, 0): 0.70,
+    ("classifier", 16, 1): 0.74,
+    ("classifier", 16, 2): 0.75,
+    ("classifier", 64, 0): 0.80,
+    ("classifier", 64, 1): 0.82,
+    ("ssl_gan", 16, 0): 0.90,
+    ("ssl_gan", 16, 1): 0.94,
+    ("ssl_gan", 64, 0): 0.91,
+}
+
+
+def make_run(
+    sweep: Path, job: int, overrides: list[str], metrics: dict | None, failure: str | None = None
+) -> Path:
+    run = sweep / str(job)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if failure is not None:
+        (run / "failure.json").write_text(
+            json.dumps({"status": "failed", "error_type": "NonFiniteLossError", "error": failure})
+        )
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "sweep"
+    job = 0
+    for (model, batch, seed), accuracy in ACCURACY.items():
+        overrides = [f"model={model}", f"data.batch_size={batch}", f"data.data_seed={seed}"]
+        metrics = {
+            "test/acc": accuracy,
+            "time/fit_s": 10.0 * (seed + 1),
+            "test/confusion_matrix": [[1, 0], [0, 1]],
+            "gen/fid": "nan",
+        }
+        make_run(sweep, job, overrides, metrics)
+        job += 1
+    make_run(sweep, job, ["model=ssl_gan", "data.batch_size=64", "data.data_seed=1"], None, "NaN")
+    make_run(sweep, job + 1, ["model=ssl_gan", "data.batch_size=64", "data.data_seed=2"], None)
+    return sweep
+
+
+def test_load_runs_reads_overrides_statuses_and_scalar_metrics(sweep):
+    runs = load_runs(sweep)
+    assert len(runs) == 10 and list(runs["job"][:3]) == ["0", "1", "2"]
+    assert runs.attrs["override_keys"] == ["model", "data.batch_size", "data.data_seed"]
+    assert runs["status"].value_counts().to_dict() == {
+        "completed": 8,
+        "failed": 1,
+        "incomplete": 1,
+    }
+    assert runs.loc[8, "error"] == "NaN" and runs.loc[8, "error_type"] == "NonFiniteLossError"
+    assert "test/confusion_matrix" not in runs  # lists stay in metrics.json
+    assert np.isnan(runs.loc[0, "gen/fid"])  # non-finite values come back as numbers
+    assert runs.loc[0, "data.batch_size"] == 16 and isinstance(runs.loc[0, "data.batch_size"], int)
+
+
+def test_a_failure_newer_than_the_metrics_marks_the_run_failed(tmp_path):
+    run = make_run(tmp_path / "s", 0, ["seed=1"], {"test/acc": 0.5})
+    old = time.time() - 100
+    os.utime(run / "metrics.json", (old, old))
+    (run / "failure.json").write_text(json.dumps({"error_type": "RuntimeError", "error": "x"}))
+    assert load_runs(tmp_path / "s").loc[0, "status"] == "failed"
+
+
+def test_aggregate_means_and_sample_stds_over_seeds(sweep):
+    runs = load_runs(sweep)
+    assert default_group_by(runs) == ["model", "data.batch_size"]  # seeds are aggregated over
+    table = aggregate(runs, metrics=["test/acc", "time/fit_s"])
+    assert list(zip(table["model"], table["data.batch_size"], strict=True)) == [
+        ("classifier", 16),
+        ("classifier", 64),
+        ("ssl_gan", 16),
+        ("ssl_gan", 64),
+    ]
+    for _, row in table.iterrows():
+        values = [
+            acc
+            for (model, batch, _), acc in ACCURACY.items()
+            if (model, batch) == (row["model"], row["data.batch_size"])
+        ]
+        assert row["test/acc mean"] == pytest.approx(np.mean(values))
+        assert row["test/acc n"] == len(values)
+        if len(values) > 1:
+            assert row["test/acc std"] == pytest.approx(np.std(values, ddof=1))
+        else:
+            assert np.isnan(row["test/acc std"])
+    last = table.iloc[3]
+    assert (last["runs"], last["completed"], last["failed"], last["incomplete"]) == (3, 1, 1, 1)
+    assert table.iloc[0]["test/acc std"] == pytest.approx(0.026457513, rel=1e-6)
+    markdown = to_markdown(table)
+    assert "| classifier | 16 | 3 | 0 | 0 | 0.7300 ± 0.0265 | 20.0 ± 10.0 |" in markdown
+    assert "| ssl_gan | 64 | 1 | 1 | 1 | 0.9100 | 10.0 |" in markdown
+
+
+def test_aggregate_by_chosen_keys_pools_the_rest(sweep):
+    table = aggregate(load_runs(sweep), group_by=["model"], metrics=["test/acc"])
+    classifier = [v for (m, _, _), v in ACCURACY.items() if m == "classifier"]
+    assert table.iloc[0]["test/acc mean"] == pytest.approx(np.mean(classifier))
+    assert table.iloc[0]["test/acc std"] == pytest.approx(np.std(classifier, ddof=1))
+    pooled = aggregate(load_runs(sweep), group_by=[], metrics=["test/acc"])
+    assert len(pooled) == 1 and pooled.iloc[0]["test/acc n"] == len(ACCURACY)
+
+
+def test_plot_draws_one_line_per_method_with_error_bars(sweep):
+    runs = load_runs(sweep)
+    table = aggregate(runs, metrics=["test/acc"])
+    figure = plot(table, "test/acc", x="data.batch_size", hue="model", runs=runs)
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "model=classifier",
+        "model=ssl_gan",
+    ]
+    assert axes.get_xscale() == "linear" and axes.get_ylabel() == "test/acc"
+    first = axes.containers[0]  # errorbar container of the classifier line
+    xs, ys = first.lines[0].get_data()
+    assert list(xs) == [16, 64] and list(ys) == pytest.approx([0.73, 0.81])
+
+
+def test_cli_writes_report_files_next_to_the_sweep(sweep, capsys):
+    assert main([str(sweep), "--metrics", "test/acc", "time/fit_s"]) == 0
+    report = (sweep / "report.md").read_text()
+    assert "Runs: 10 (8 completed, 1 failed, 1 incomplete)" in report
+    assert "aggregated over data.data_seed" in report
+    assert "0.7300 ± 0.0265" in report and "NonFiniteLossError: NaN" in report
+    assert "![test/acc vs data.batch_size](plot_test_acc_vs_data.batch_size.png)" in report
+    for name in ("report.csv", "runs.csv", "plot_test_acc_vs_data.batch_size.png"):
+        assert (sweep / name).stat().st_size > 100, name
+    csv_lines = (sweep / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,data.batch_size,runs,completed,failed,incomplete")
+    assert "0.7300 ± 0.0265" in capsys.readouterr().out
+
+
+def test_cli_group_by_and_out_and_several_sweeps(sweep, tmp_path):
+    other = tmp_path / "other"
+    make_run(
+        other, 0, ["model=classifier", "data.batch_size=16", "data.data_seed=3"], {"test/acc": 0.71}
+    )
+    out = tmp_path / "out"
+    assert main([str(sweep), str(other), "--group-by", "model", "--out", str(out)]) == 0
+    table = (out / "report.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in table] == ["model", "classifier", "ssl_gan"]
+    assert "Runs: 11" in (out / "report.md").read_text()
+    assert (out / "plot_test_acc_vs_group.png").is_file()  # no ordered key: one point per method
+    assert not (sweep / "report.md").exists()
+
+
+def test_cli_missing_directory_is_a_clear_error(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "No such sweep directory" in capsys.readouterr().err
