@@ -146,3 +146,22 @@ def test_every_ablation_runs_fast_dev_run(make_cfg, ablation):
     cfg = make_cfg([f"ablation={ablation}", "debug=fdr"])
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_restored_weights_are_not_reinitialised_on_resume(make_cfg):
+    import lightning as L
+
+    datamodule, model = build(make_cfg())
+    trainer = L.Trainer(
+        fast_dev_run=True, logger=False, enable_progress_bar=False, use_distributed_sampler=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    _, fresh = build(make_cfg())
+    fresh.load_state_dict(state)
+    resumed = L.Trainer(logger=False, enable_progress_bar=False)  # global_step 0, as in a resume
+    resumed.strategy.connect(fresh)
+    fresh.trainer = resumed
+    fresh.on_fit_start()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -23,7 +23,7 @@ from gendisc.losses import (
 )
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.nets.ema import ExponentialMovingAverage
-from gendisc.nets.layers import data_dependent_init
+from gendisc.nets.layers import data_dependent_init, needs_data_init
 from gendisc.training import raise_if_not_finite
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
@@ -103,16 +103,20 @@ class SSLGANModule(ClassifierEvaluation):
 
     # ------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
-        """Data-dependent init of the weight-normalised layers (skipped when resuming)."""
-        if self.init_images and self.global_step == 0:
-            datamodule = self.trainer.datamodule
-            images = datamodule.unlabeled_sample(self.init_images, seed=0).to(self.device)
-            data_dependent_init(self.discriminator, images)
-            data_dependent_init(
-                self.generator, self.generator.sample_latent(self.init_images, device=self.device)
-            )
-            if self.ema is not None:
-                self.ema.reset(self.discriminator)
+        """Data-dependent init of the weight-normalised layers, unless restored from a checkpoint."""
+        if not self.init_images:
+            return
+        initialised = False
+        if needs_data_init(self.discriminator):
+            images = self.trainer.datamodule.unlabeled_sample(self.init_images, seed=0)
+            data_dependent_init(self.discriminator, images.to(self.device))
+            initialised = True
+        if needs_data_init(self.generator):
+            latents = self.generator.sample_latent(self.init_images, device=self.device)
+            data_dependent_init(self.generator, latents)
+            initialised = True
+        if initialised and self.ema is not None:
+            self.ema.reset(self.discriminator)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         d_optimizer, g_optimizer = self.optimizers()

@@ -334,6 +334,14 @@ def data_dependent_init(net: nn.Module, batch: Tensor, *args: Any, **kwargs: Any
         raise RuntimeError(f"weight-norm layers not reached by the init forward pass: {missing}")
 
 
+def needs_data_init(net: nn.Module) -> bool:
+    """Whether some weight-norm layer of ``net`` still waits for its data-dependent init
+    (False after the init, and after loading a checkpoint that had it)."""
+    return any(
+        layer.data_init and not bool(layer.initialized) for _, layer in _weight_norm_layers(net)
+    )
+
+
 def mark_initialized(net: nn.Module) -> None:
     """Mark every weight-norm layer of ``net`` initialised (e.g. before loading weights)."""
     for _, layer in _weight_norm_layers(net):
