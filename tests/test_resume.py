@@ -15,8 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 from gendisc.errors import ConfigError
-from gendisc.train import resolve_ckpt_path, resume_logger_config, train
+from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT
+from gendisc.utils.resume import resolve_ckpt_path, resume_logger_config
 from tests.conftest import gendisc_command, run_gendisc, single_thread_env
 
 # five full epochs of 26 steps: long enough to be killed between its first and last checkpoint

@@ -126,8 +126,9 @@ def test_slurm_launcher_takes_nodes_and_gpus_from_the_trainer(overrides, expecte
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import gendisc.train  # noqa: F401  (registers the slurm resolvers)
+    from gendisc.utils.config import register_resolvers
 
+    register_resolvers()  # slurm_gpus, slurm_tasks
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose(

@@ -133,6 +133,16 @@ def test_default_run_writes_report(make_cfg, tmp_path):
     assert metrics["val/acc"] == pytest.approx(metrics["val/acc"])  # returned, finite
 
 
+def test_threads_sets_torch_cpu_thread_count(make_cfg):
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    try:
+        train(make_cfg(["model=classifier", "debug=fdr", f"threads={wanted}"]))
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_same_labels_across_models_and_seeds(make_cfg):
     from gendisc.train import build
 

@@ -25,7 +25,10 @@ def _unique_run_id() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by the configs; cached per config so a run keeps one id."""
+    """Resolvers used by the configs (``run_id`` is cached per config so a run keeps one id)."""
+    # imported here: distributed.py imports modules that use this one
+    from gendisc.utils.distributed import slurm_gpus, slurm_tasks
+
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _unique_run_id, use_cache=True)
     if not OmegaConf.has_resolver("project_root"):
@@ -34,6 +37,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "data_dir", lambda: os.environ.get("GENDISC_DATA_DIR") or str(PROJECT_ROOT / "data")
         )
+    if not OmegaConf.has_resolver("slurm_gpus"):
+        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+    if not OmegaConf.has_resolver("slurm_tasks"):
+        OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks)
 
 
 @rank_zero_only

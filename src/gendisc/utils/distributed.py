@@ -1,0 +1,136 @@
+"""Multi-process (DDP) and SLURM launches.
+
+Lightning starts ranks 1..N-1 by running rank 0's command again. In a Hydra multirun that
+command is the whole sweep, so rank 0 names its run directory in the environment and a worker
+composes that job's saved config instead (``ddp_worker_argv``): DDP also works inside multiruns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from omegaconf import DictConfig
+
+from gendisc.errors import ConfigError
+from gendisc.utils.resume import is_multirun
+
+log = logging.getLogger(__name__)
+
+# Set by rank 0 while it fits: the run directory whose saved config the other ranks compose.
+DDP_RUN_DIR_ENV = "GENDISC_DDP_RUN_DIR"
+# Set with it when the job belongs to a multirun: a failing worker rank then exits quietly.
+DDP_MULTIRUN_ENV = "GENDISC_DDP_MULTIRUN"
+# Environment that a multi-process launch leaves behind in rank 0; cleared after each job.
+_DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int:
+    """Resolver ``slurm_gpus``: GPUs per node for the SLURM launcher (``trainer.devices``, or 0)."""
+    if str(accelerator) not in ("gpu", "cuda", "auto"):
+        return 0
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    raise ConfigError(
+        f"trainer.devices={devices}: with hydra/launcher=slurm give a GPU count per node "
+        "(e.g. trainer.devices=4), so SLURM can reserve them."
+    )
+
+
+def slurm_tasks(devices: Any) -> int:
+    """Resolver ``slurm_tasks``: one SLURM task per device (Lightning uses SLURM's ranks)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    raise ConfigError(
+        f"trainer.devices={devices}: with hydra/launcher=slurm give a device count per node "
+        "(e.g. trainer.devices=4): SLURM starts one task per device."
+    )
+
+
+def global_rank() -> int:
+    """This process's rank, read from the launch environment (0 outside a multi-process job)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 0
+
+
+def is_ddp_worker() -> bool:
+    """Whether this process is a rank > 0 that rank 0 started for its job."""
+    return bool(os.environ.get(DDP_RUN_DIR_ENV)) and global_rank() > 0
+
+
+def ddp_worker_argv(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """The command line of a DDP worker (rank > 0) started by Lightning from rank 0's command.
+
+    In a multirun rank 0's command is the whole sweep (``-m ...``), so a worker composes its
+    job's saved config instead: ``-cp <run dir>/.hydra -cn config hydra.run.dir=<run dir>``.
+    """
+    run_dir = environ.get(DDP_RUN_DIR_ENV)
+    local_rank = int(environ.get("LOCAL_RANK", "0") or 0)
+    if not run_dir or local_rank == 0:
+        return argv
+    return [
+        argv[0],
+        "--config-path",
+        str(Path(run_dir) / ".hydra"),
+        "--config-name",
+        "config",
+        f"hydra.run.dir='{run_dir}'",
+        "hydra.output_subdir=null",
+        f"hydra.job.name=train_ddp_rank_{local_rank}",
+    ]
+
+
+def check_multiprocess_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """DDP re-runs this program for ranks > 0: they need the run's saved ``.hydra/config.yaml``."""
+    if not isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) or global_rank() > 0:
+        return  # nothing to launch, or a worker: keep the environment rank 0 gave it
+    saved = Path(cfg.paths.output_dir) / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')} starts ranks 1..N-1 as new processes "
+            "that read the run's .hydra/config.yaml: run it with gendisc-train (python -m "
+            "gendisc.train), not in-process (a notebook, a test)."
+        )
+    os.environ[DDP_RUN_DIR_ENV] = str(Path(cfg.paths.output_dir).resolve())
+    os.environ[DDP_MULTIRUN_ENV] = "1" if is_multirun() else "0"
+
+
+@contextlib.contextmanager
+def distributed_scope() -> Iterator[None]:
+    """Leave no process group or launch environment behind for the next job of a sweep."""
+    before = {
+        name: os.environ.get(name)
+        for name in (*_DISTRIBUTED_ENV, DDP_RUN_DIR_ENV, DDP_MULTIRUN_ENV)
+    }
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if global_rank() == 0:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def strategy_for(cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
+    """Trainer overrides: manually optimised modules (GANs) need DDP to find unused parameters.
+
+    Their steps back-propagate different losses through different parameter subsets (D's loss
+    with a detached generated batch, then G's loss with D frozen), which plain DDP rejects.
+    """
+    if cfg.trainer.get("strategy") == "ddp" and not model.automatic_optimization:
+        log.info("Manual optimisation under DDP: using ddp_find_unused_parameters_true.")
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}

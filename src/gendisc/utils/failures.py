@@ -1,0 +1,88 @@
+"""Failed jobs: a ``failure.json`` record in the run directory, and a sweep that goes on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+
+from gendisc.errors import GendiscError
+from gendisc.utils.distributed import DDP_MULTIRUN_ENV, global_rank
+from gendisc.utils.resume import is_multirun
+
+log = logging.getLogger(__name__)
+
+
+def gendisc_cause(error: BaseException) -> GendiscError | None:
+    """The GendiscError behind ``error`` (Hydra wraps errors raised while instantiating)."""
+    while error is not None:
+        if isinstance(error, GendiscError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (none outside Hydra)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def record_failure(output_dir: Path, error: BaseException, name: str = "failure.json") -> Path:
+    """Write ``failure.json`` in the run directory: the error and where the run had got to."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cause = gendisc_cause(error) or error
+    last = output_dir / "checkpoints" / "last.ckpt"
+    record = {
+        "status": "failed",
+        "error_type": type(cause).__name__,
+        "error": str(cause),
+        "overrides": job_overrides(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "last_checkpoint": str(last) if last.is_file() else None,
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    path = output_dir / name
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
+def set_aside_old_failure(output_dir: Path) -> None:
+    """A run started again in the directory of a failed one: keep its record as history."""
+    old = output_dir / "failure.json"
+    if old.is_file():
+        old.replace(output_dir / "failure.previous.json")
+
+
+def handle_failure(output_dir: Path, error: Exception, worker: bool) -> float:
+    """Record a failed job; NaN in a multirun so the sweep goes on, else raise again.
+
+    Rank 0 writes ``failure.json``, a DDP worker ``failure_rank<N>.json``. A single run that
+    failed on a GendiscError exits with its one-line message instead of a traceback.
+    """
+    rank = global_rank()
+    if worker:  # rank 0 records the job's failure; a worker keeps its own record
+        record_failure(output_dir, error, name=f"failure_rank{rank}.json")
+        if os.environ.get(DDP_MULTIRUN_ENV) == "1":
+            return math.nan  # a non-zero exit would make Lightning kill the whole sweep
+        raise error
+    path = record_failure(output_dir, error) if rank == 0 else output_dir
+    if is_multirun():
+        log.error(
+            "Job failed (%s: %s); recorded in %s; the sweep goes on.",
+            type(error).__name__,
+            error,
+            path,
+        )
+        return math.nan
+    cause = gendisc_cause(error)
+    if cause is not None:
+        raise SystemExit(f"error: {cause}") from None
+    raise error
