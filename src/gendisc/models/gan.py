@@ -1,0 +1,362 @@
+"""Generative adversarial network, unconditional or class-conditional, with the techniques of
+Salimans et al. 2016 ("Improved Techniques for Training GANs") as independent switches.
+
+The discriminator is a classifier net of ``gendisc.nets`` built with one output (the real/fake
+logit), so its backbone (``discriminator.body.*``) transfers to a classifier with
+``model.init_from``. Class conditioning of D is either by projection (Miyato & Koyama 2018:
+``logit(x, y) = head(phi(x)) + <embed(y), phi(x)>``, phi = the input of D's head) or by
+concatenating one-hot label planes to the image; the generator receives ``y`` as a one-hot code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gendisc.errors import ConfigError
+from gendisc.losses import (
+    GAN_KINDS,
+    HistoricalAverage,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
+from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.models.sampling import Sampler, generator_sampler
+from gendisc.nets.ema import ExponentialMovingAverage
+from gendisc.nets.layers import data_dependent_init
+from gendisc.training import raise_if_not_finite
+
+Conditioning = Literal["projection", "concat"]
+
+
+def label_planes(y: Tensor, num_classes: int, like: Tensor) -> Tensor:
+    """One-hot labels as constant (N, K, H, W) planes shaped like the images ``like``."""
+    n, _, h, w = like.shape
+    return (
+        F.one_hot(y.long(), num_classes)
+        .to(like.dtype)
+        .view(n, num_classes, 1, 1)
+        .expand(n, num_classes, h, w)
+    )
+
+
+def annealed_sigma(sigma: float, anneal_epochs: float, progress: float) -> float:
+    """Instance-noise level after ``progress`` epochs: ``sigma`` decayed linearly to 0 over
+    ``anneal_epochs`` (constant when ``anneal_epochs`` is 0)."""
+    if anneal_epochs <= 0:
+        return sigma
+    return sigma * max(0.0, 1.0 - progress / anneal_epochs)
+
+
+class GANModule(ClassifierEvaluation):
+    """GAN trained with manual optimisation: one D update per batch, G updated every
+    ``d_steps_per_g_step`` batches, ``g_steps_per_d_step`` times.
+
+    Args:
+        discriminator: partial of a classifier net (``in_shape``, ``num_classes``); built with
+            one output. Its config holds minibatch discrimination, weight / spectral norm.
+        generator: partial of a generator net (``latent_dim``, ``out_shape``, ``num_classes``);
+            its config holds virtual batch norm and weight norm.
+        d_optimizer, g_optimizer: partials of torch optimizers.
+        conditional: class-conditional G and D, trained on the labeled batch; otherwise the
+            GAN is trained on the unlabeled pool (every training image).
+        conditioning: how D sees the label: ``projection`` or ``concat``.
+        loss: non_saturating, minimax or hinge (``gendisc.losses``).
+        d_steps_per_g_step, g_steps_per_d_step: update ratio (one of them must be 1).
+        feature_matching: G minimises feature matching on D's hidden layer ``feature_layer``
+            instead of the adversarial loss (norm ``feature_norm``).
+        historical_averaging: weight of the historical-averaging penalty of both players (0 off).
+        real_target: target of real images in D's loss; < 1 is one-sided label smoothing.
+        instance_noise: sigma of Gaussian noise added to every image D sees (0 off), decayed
+            linearly to 0 over ``instance_noise_anneal_epochs`` (0: constant).
+        ema_decay: decay of an exponential moving average of G's weights, used for sampling
+            and metrics (null: off).
+        init_images: images for the data-dependent init of weight-normalised layers (0: the
+            first batch initialises them).
+    """
+
+    def __init__(
+        self,
+        discriminator: Callable[..., nn.Module],
+        generator: Callable[..., nn.Module],
+        d_optimizer: Callable[..., Optimizer],
+        g_optimizer: Callable[..., Optimizer],
+        in_shape: Sequence[int],
+        num_classes: int,
+        class_names: list[str] | None = None,
+        conditional: bool = True,
+        conditioning: Conditioning = "projection",
+        loss: str = "non_saturating",
+        d_steps_per_g_step: int = 1,
+        g_steps_per_d_step: int = 1,
+        feature_matching: bool = False,
+        feature_layer: int = -1,
+        feature_norm: Literal["l2", "l1"] = "l2",
+        historical_averaging: float = 0.0,
+        real_target: float = 1.0,
+        instance_noise: float = 0.0,
+        instance_noise_anneal_epochs: float = 0.0,
+        ema_decay: float | None = None,
+        init_images: int = 0,
+    ) -> None:
+        super().__init__(num_classes, class_names)
+        self.save_hyperparameters(
+            ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
+        )
+        self.automatic_optimization = False
+        if loss not in GAN_KINDS:
+            raise ConfigError(f"model.loss={loss!r}: choose one of {GAN_KINDS}")
+        if conditioning not in ("projection", "concat"):
+            raise ConfigError(f"model.conditioning={conditioning!r}: choose projection or concat")
+        if min(d_steps_per_g_step, g_steps_per_d_step) < 1 or (
+            d_steps_per_g_step > 1 and g_steps_per_d_step > 1
+        ):
+            raise ConfigError(
+                "model.d_steps_per_g_step and model.g_steps_per_d_step must be >= 1 and at "
+                "least one of them 1"
+            )
+        if not 0.0 < real_target <= 1.0:
+            raise ConfigError(f"model.real_target={real_target}: must be in (0, 1]")
+        self.in_shape = tuple(int(v) for v in in_shape)
+        self.conditional = bool(conditional)
+        self.conditioning = conditioning
+        k = num_classes if self.conditional else 0
+        d_shape = self.in_shape
+        if self.conditional and conditioning == "concat":
+            d_shape = (self.in_shape[0] + num_classes, *self.in_shape[1:])
+        self.discriminator = discriminator(in_shape=d_shape, num_classes=1)
+        self.projection: nn.Embedding | None = None
+        if self.conditional and conditioning == "projection":
+            mbd = self.discriminator.minibatch_disc
+            width = mbd.out_features if mbd is not None else self.discriminator.feature_dim
+            self.projection = nn.Embedding(num_classes, width)
+            nn.init.normal_(self.projection.weight, std=0.02)
+        self.generator = generator(out_shape=self.in_shape, num_classes=k)
+        self.d_optimizer_factory = d_optimizer
+        self.g_optimizer_factory = g_optimizer
+        self.loss = loss
+        self.d_steps_per_g_step = int(d_steps_per_g_step)
+        self.g_steps_per_d_step = int(g_steps_per_d_step)
+        self.feature_matching = feature_matching
+        self.feature_layer = feature_layer
+        self.feature_norm = feature_norm
+        self.historical_averaging = float(historical_averaging)
+        self.real_target = float(real_target)
+        self.instance_noise = float(instance_noise)
+        self.instance_noise_anneal_epochs = float(instance_noise_anneal_epochs)
+        self.init_images = init_images
+        self.g_ema = ExponentialMovingAverage(self.generator, ema_decay) if ema_decay else None
+        if self.historical_averaging > 0:
+            self.d_history = HistoricalAverage(self.discriminator)
+            self.p_history = HistoricalAverage(self.projection) if self.projection else None
+            self.g_history = HistoricalAverage(self.generator)
+        # the conditional GAN learns from the labeled batch, the unconditional one from the pool
+        self.unlabeled_streams = 0 if self.conditional else 1
+
+    # -------------------------------------------------------------------------- discriminator
+    def discriminate(
+        self, x: Tensor, y: Tensor | None = None, noise: float = 0.0
+    ) -> tuple[Tensor, list[Tensor]]:
+        """D's real/fake logit (N,) and its hidden features for images ``x`` (labels ``y``)."""
+        if noise > 0:
+            x = x + noise * torch.randn_like(x)
+        if self.conditional and self.conditioning == "concat":
+            x = torch.cat([x, label_planes(y, self.num_classes, x)], dim=1)
+        net = self.discriminator
+        features = net.forward_features(x)
+        h = features[-1]
+        if net.minibatch_disc is not None:
+            h = net.minibatch_disc(h)
+        logit = net.head(h).squeeze(1)
+        if self.projection is not None:
+            logit = logit + (self.projection(y) * h).sum(dim=1)
+        return logit, features
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.discriminate(x, y)[0]
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class scores of a conditional D: ``logit(x, k)`` for every class k (the generative
+        classifier ``argmax_k D(x, k)``)."""
+        if not self.conditional:
+            raise ConfigError("an unconditional GAN has no class scores")
+        if self.projection is not None:
+            net = self.discriminator
+            h = net.forward_features(x)[-1]
+            if net.minibatch_disc is not None:
+                h = net.minibatch_disc(h)
+            return net.head(h) + h @ self.projection.weight.t()
+        n = x.shape[0]
+        scores = [self(x, torch.full((n,), k, device=x.device)) for k in range(self.num_classes)]
+        return torch.stack(scores, dim=1)
+
+    # ------------------------------------------------------------------------------ sampling
+    def sampler(self) -> Sampler:
+        """Samples from the EMA generator when enabled, else from the generator (eval mode)."""
+        shadow = self.g_ema.shadow if self.g_ema is not None else None
+        return generator_sampler(self.generator, self.device, shadow=shadow)
+
+    def _fake_labels(self, n: int) -> Tensor | None:
+        if not self.conditional:
+            return None
+        return torch.randint(self.num_classes, (n,), device=self.device)
+
+    def _generate(self, n: int) -> tuple[Tensor, Tensor | None]:
+        y = self._fake_labels(n)
+        z = self.generator.sample_latent(n, device=self.device)
+        return self.generator(z, y), y
+
+    # ------------------------------------------------------------------------------- training
+    def current_instance_noise(self, batch_idx: int = 0) -> float:
+        """The instance-noise sigma at this point of training."""
+        if self.instance_noise <= 0:
+            return 0.0
+        trainer = self._trainer
+        progress = 0.0
+        if trainer is not None:
+            steps = trainer.num_training_batches
+            steps = int(steps) if isinstance(steps, int) and steps > 0 else 1
+            progress = trainer.current_epoch + batch_idx / steps
+        return annealed_sigma(self.instance_noise, self.instance_noise_anneal_epochs, progress)
+
+    def on_fit_start(self) -> None:
+        """Data-dependent init of weight-normalised layers (not when resuming)."""
+        if not self.init_images or self.global_step > 0:
+            return
+        datamodule = self.trainer.datamodule
+        images = datamodule.unlabeled_sample(self.init_images, seed=0).to(self.device)
+        labels = self._fake_labels(len(images))
+        d_input = images
+        if self.conditional and self.conditioning == "concat":
+            d_input = torch.cat([images, label_planes(labels, self.num_classes, images)], dim=1)
+        data_dependent_init(self.discriminator, d_input)
+        z = self.generator.sample_latent(len(images), device=self.device)
+        data_dependent_init(self.generator, z, labels)
+        if self.g_ema is not None:
+            self.g_ema.reset(self.generator)
+
+    def _players(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        d = [self.discriminator] + ([self.projection] if self.projection is not None else [])
+        return d, [self.generator]
+
+    def _history_penalty(self, which: str) -> Tensor:
+        if which == "d":
+            pairs = [(self.d_history, self.discriminator)]
+            if self.projection is not None:
+                pairs.append((self.p_history, self.projection))
+        else:
+            pairs = [(self.g_history, self.generator)]
+        return sum(history.penalty(module) for history, module in pairs)
+
+    def _update_history(self, which: str) -> None:
+        if which == "d":
+            self.d_history.update(self.discriminator)
+            if self.projection is not None:
+                self.p_history.update(self.projection)
+        else:
+            self.g_history.update(self.generator)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        d_optimizer, g_optimizer = self.optimizers()
+        if self.conditional:
+            real, labels = batch["x"], batch["y"]
+        else:
+            real, labels = batch["x_unl"], None
+        n = real.shape[0]
+        sigma = self.current_instance_noise(batch_idx)
+
+        # discriminator
+        with torch.no_grad():
+            fake, fake_labels = self._generate(n)
+        real_logit, _ = self.discriminate(real, labels, sigma)
+        fake_logit, _ = self.discriminate(fake, fake_labels, sigma)
+        d_loss = discriminator_loss(real_logit, fake_logit, self.loss, self.real_target)
+        if self.historical_averaging > 0:
+            d_loss = d_loss + self.historical_averaging * self._history_penalty("d")
+        raise_if_not_finite(d_loss, "discriminator loss", self)
+        d_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_optimizer.step()
+        if self.historical_averaging > 0:
+            self._update_history("d")
+
+        # generator
+        g_loss = None
+        if batch_idx % self.d_steps_per_g_step == 0:
+            self.toggle_optimizer(g_optimizer)
+            for _ in range(self.g_steps_per_d_step):
+                g_loss = self.generator_objective(real, labels, n, sigma)
+                raise_if_not_finite(g_loss, "generator loss", self)
+                g_optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                g_optimizer.step()
+                if self.historical_averaging > 0:
+                    self._update_history("g")
+                if self.g_ema is not None:
+                    self.g_ema.update(self.generator)
+            self.untoggle_optimizer(g_optimizer)
+
+        with torch.no_grad():
+            logs = {
+                "train/d_loss": d_loss,
+                "train/d_real": torch.sigmoid(real_logit).mean(),
+                "train/d_fake": torch.sigmoid(fake_logit).mean(),
+            }
+            if g_loss is not None:
+                logs["train/g_loss"] = g_loss
+            if self.instance_noise > 0:
+                logs["train/instance_noise"] = torch.tensor(sigma)
+        self.log_dict(logs, on_step=False, on_epoch=True)
+        self.log("train/loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
+
+    def generator_objective(
+        self, real: Tensor, labels: Tensor | None, n: int, sigma: float = 0.0
+    ) -> Tensor:
+        """G's loss on a fresh generated batch: feature matching or the adversarial loss,
+        plus the historical-averaging penalty."""
+        fake, fake_labels = self._generate(n)
+        if self.feature_matching:
+            _, fake_features = self.discriminate(fake, fake_labels, sigma)
+            with torch.no_grad():
+                _, real_features = self.discriminate(real, labels, sigma)
+            layer = self.feature_layer
+            loss = feature_matching_loss(
+                fake_features[layer], real_features[layer], norm=self.feature_norm
+            )
+        else:
+            fake_logit, _ = self.discriminate(fake, fake_labels, sigma)
+            loss = generator_loss(fake_logit, self.loss)
+        if self.historical_averaging > 0:
+            loss = loss + self.historical_averaging * self._history_penalty("g")
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        d_players, g_players = self._players()
+        d_params = [p for m in d_players for p in m.parameters() if p.requires_grad]
+        g_params = [p for m in g_players for p in m.parameters() if p.requires_grad]
+        return [
+            self.d_optimizer_factory(params=d_params),
+            self.g_optimizer_factory(params=g_params),
+        ]
+
+    # ----------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        real_logit = self(images, labels if self.conditional else None)
+        self.log("val/d_real", torch.sigmoid(real_logit).mean(), batch_size=len(images))
+        if self.conditional:
+            super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.conditional:
+            super().test_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        if self.conditional:
+            super().on_test_epoch_end()
