@@ -1,0 +1,203 @@
+"""One LightningDataModule for every dataset, with the few-label protocol built in."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+
+from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
+from gendisc.data.protocol import LabelSplit, split_labels
+from gendisc.data.readers import ImageSplits, read_dataset
+from gendisc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class FewLabelDataModule(LightningDataModule):
+    """Holds a dataset in memory and serves the few-label protocol.
+
+    Args:
+        dataset: reader name (digits, mnist, fashion_mnist, kmnist, cifar10, svhn, medmnist,
+            image_folder).
+        data_dir: root folder of the downloadable datasets (``paths.data_dir``).
+        path: the file (medmnist) or folder (image_folder) to read.
+        download: fetch missing files from the dataset's public mirror.
+        labels_per_class: labeled examples per class, or None for all labels.
+        val_size: validation images carved from the training set (count or fraction); None uses
+            the dataset's official validation split (MedMNIST).
+        data_seed: seeds the permutation that picks validation and labeled images; independent
+            of the training seed.
+        batch_size: labeled images per training step.
+        unlabeled_batch_size: unlabeled images per stream per step (default: batch_size).
+        eval_batch_size: images per validation/test batch.
+        device_memory_mb: keep the uint8 dataset on the training accelerator when it needs less
+            than this; batches are then sliced there with no host-to-device copies.
+        reader_options: extra keyword arguments for the reader (image_size, grayscale, ...).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        data_dir: str = "data",
+        path: str | None = None,
+        download: bool = False,
+        labels_per_class: int | None = 10,
+        val_size: int | float | None = 200,
+        data_seed: int = 0,
+        batch_size: int = 100,
+        unlabeled_batch_size: int | None = None,
+        eval_batch_size: int = 1000,
+        device_memory_mb: float = 4096,
+        reader_options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.path = path
+        self.download = download
+        self.labels_per_class = labels_per_class
+        self.val_size = val_size
+        self.data_seed = data_seed
+        self.batch_size = batch_size
+        self.unlabeled_batch_size = unlabeled_batch_size or batch_size
+        self.eval_batch_size = eval_batch_size
+        self.device_memory_mb = device_memory_mb
+        self.reader_options = dict(reader_options or {})
+        if batch_size < 1 or self.unlabeled_batch_size < 1:
+            raise ConfigError("data.batch_size and data.unlabeled_batch_size must be at least 1.")
+        self.class_names: list[str] = []
+        self.split: LabelSplit | None = None
+        self.train_images = self.train_labels = self.val_images = self.val_labels = None
+        self.test_images = self.test_labels = None
+
+    # ----------------------------------------------------------------------------------- loading
+    def prepare_data(self) -> None:
+        """Download missing files (rank 0 only, as Lightning calls it)."""
+        if self.download:
+            self._read()
+
+    def _read(self) -> ImageSplits:
+        return read_dataset(
+            self.dataset,
+            root=Path(self.data_dir).expanduser(),
+            download=self.download,
+            path=self.path,
+            **self.reader_options,
+        )
+
+    def load(self) -> FewLabelDataModule:
+        """Read the dataset and apply the label protocol (once; later calls do nothing)."""
+        if self.split is not None:
+            return self
+        splits = self._read()
+        self.class_names = list(splits.class_names)
+        if self.val_size is None:
+            if splits.val_images is None:
+                raise ConfigError(
+                    f"data.val_size=null asks for the official validation split, which "
+                    f"{self.dataset} does not have: set data.val_size to a count or fraction."
+                )
+            split = split_labels(splits.train_labels, self.labels_per_class, 0, self.data_seed,
+                                 self.class_names)
+            val_images, val_labels = splits.val_images, splits.val_labels
+        else:
+            split = split_labels(splits.train_labels, self.labels_per_class, self.val_size,
+                                 self.data_seed, self.class_names)
+            val_images = splits.train_images[split.validation]
+            val_labels = splits.train_labels[split.validation]
+        self.train_images = torch.from_numpy(np.ascontiguousarray(splits.train_images))
+        self.train_labels = torch.from_numpy(splits.train_labels.astype(np.int64))
+        self.val_images = torch.from_numpy(np.ascontiguousarray(val_images))
+        self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64))
+        self.test_images = torch.from_numpy(np.ascontiguousarray(splits.test_images))
+        self.test_labels = torch.from_numpy(splits.test_labels.astype(np.int64))
+        self.split = split
+        log.info("Data %s: %s", self.dataset, self.counts)
+        return self
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None and device.type != "cpu" and self._nbytes() <= self.device_memory_mb * 2**20:
+            self._move(device)
+
+    def _tensors(self) -> list[str]:
+        return ["train_images", "train_labels", "val_images", "val_labels", "test_images",
+                "test_labels"]
+
+    def _nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self._tensors())
+
+    def _move(self, device: torch.device) -> None:
+        for name in self._tensors():
+            setattr(self, name, getattr(self, name).to(device))
+
+    # ------------------------------------------------------------------------------- properties
+    @property
+    def num_classes(self) -> int:
+        return len(self.load().class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.load().train_images.shape[1:])
+
+    @property
+    def labeled_index(self) -> Tensor:
+        return torch.from_numpy(self.load().split.labeled)
+
+    @property
+    def unlabeled_index(self) -> Tensor:
+        return torch.from_numpy(self.load().split.unlabeled)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Sizes of the four sets, as reported in metrics.json."""
+        split = self.load().split
+        return {
+            "data/labeled": len(split.labeled),
+            "data/unlabeled": len(split.unlabeled),
+            "data/val": len(self.val_labels),
+            "data/test": len(self.test_labels),
+        }
+
+    def unlabeled_sample(self, count: int, seed: int = 0) -> Tensor:
+        """``count`` unlabeled training images in [-1, 1] (e.g. for data-dependent init)."""
+        pool = self.unlabeled_index
+        pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]
+        return to_unit_range(self.train_images[pool[pick].to(self.train_images.device)])
+
+    # ------------------------------------------------------------------------------ dataloaders
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> TrainBatches:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        rank, world = self._rank_world()
+        return TrainBatches(
+            self.train_images,
+            self.train_labels,
+            self.labeled_index,
+            self.unlabeled_index,
+            batch_size=self.batch_size,
+            unlabeled_batch_size=self.unlabeled_batch_size,
+            unlabeled_streams=getattr(module, "unlabeled_streams", 0),
+            seed=torch.initial_seed() % 2**31,
+            rank=rank,
+            world_size=world,
+            current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
+        )
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.val_images, self.val_labels, self.eval_batch_size,
+                           *self._rank_world())
+
+    def test_dataloader(self) -> EvalBatches:
+        return EvalBatches(self.test_images, self.test_labels, self.eval_batch_size,
+                           *self._rank_world())
