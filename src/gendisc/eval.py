@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.report import EvaluationReport
 from gendisc.callbacks.run_config import CONFIG_KEY
-from gendisc.errors import ConfigError, GendiscError
+from gendisc.errors import ConfigError
 from gendisc.models.transfer import read_checkpoint_state
 from gendisc.train import build
 from gendisc.utils.config import (
@@ -20,6 +20,7 @@ from gendisc.utils.config import (
     print_config_tree,
     register_resolvers,
 )
+from gendisc.utils.failures import exit_on_gendisc_error
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -58,10 +59,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def hydra_main(cfg: DictConfig) -> None:
     if cfg.extras.get("print_config"):
         print_config_tree(cfg)
-    try:
+    with exit_on_gendisc_error():
         evaluate(cfg)
-    except GendiscError as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 def main() -> None:

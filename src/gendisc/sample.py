@@ -13,10 +13,11 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
-from gendisc.errors import ConfigError, GendiscError
+from gendisc.errors import ConfigError
 from gendisc.eval import load_run_config
 from gendisc.models.sampling import sampler_for
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
+from gendisc.utils.failures import exit_on_gendisc_error
 from gendisc.utils.images import make_grid, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="sample")
 def hydra_main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_gendisc_error():
         paths = sample(cfg)
-    except GendiscError as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"samples: {paths['png']}\narrays:  {paths['npz']}")
 
 

@@ -102,12 +102,18 @@ class FewLabelDataModule(LightningDataModule):
                     f"data.val_size=null asks for the official validation split, which "
                     f"{self.dataset} does not have: set data.val_size to a count or fraction."
                 )
-            split = split_labels(splits.train_labels, self.labels_per_class, 0, self.data_seed,
-                                 self.class_names)
+            split = split_labels(
+                splits.train_labels, self.labels_per_class, 0, self.data_seed, self.class_names
+            )
             val_images, val_labels = splits.val_images, splits.val_labels
         else:
-            split = split_labels(splits.train_labels, self.labels_per_class, self.val_size,
-                                 self.data_seed, self.class_names)
+            split = split_labels(
+                splits.train_labels,
+                self.labels_per_class,
+                self.val_size,
+                self.data_seed,
+                self.class_names,
+            )
             val_images = splits.train_images[split.validation]
             val_labels = splits.train_labels[split.validation]
         self.train_images = torch.from_numpy(np.ascontiguousarray(splits.train_images))
@@ -123,12 +129,22 @@ class FewLabelDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load()
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if device is not None and device.type != "cpu" and self._nbytes() <= self.device_memory_mb * 2**20:
+        if (
+            device is not None
+            and device.type != "cpu"
+            and self._nbytes() <= self.device_memory_mb * 2**20
+        ):
             self._move(device)
 
     def _tensors(self) -> list[str]:
-        return ["train_images", "train_labels", "val_images", "val_labels", "test_images",
-                "test_labels"]
+        return [
+            "train_images",
+            "train_labels",
+            "val_images",
+            "val_labels",
+            "test_images",
+            "test_labels",
+        ]
 
     def _nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self._tensors())
@@ -195,9 +211,11 @@ class FewLabelDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.val_images, self.val_labels, self.eval_batch_size,
-                           *self._rank_world())
+        return EvalBatches(
+            self.val_images, self.val_labels, self.eval_batch_size, *self._rank_world()
+        )
 
     def test_dataloader(self) -> EvalBatches:
-        return EvalBatches(self.test_images, self.test_labels, self.eval_batch_size,
-                           *self._rank_world())
+        return EvalBatches(
+            self.test_images, self.test_labels, self.eval_batch_size, *self._rank_world()
+        )

@@ -19,7 +19,9 @@ class LabelSplit:
 
     labeled: np.ndarray
     validation: np.ndarray
-    unlabeled: np.ndarray  # every training index outside the validation split, labeled ones included
+    unlabeled: (
+        np.ndarray
+    )  # every training index outside the validation split, labeled ones included
 
 
 def resolve_val_size(val_size: int | float, num_train: int) -> int:

@@ -41,9 +41,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.report import print_results_table
-from gendisc.errors import ConfigError, GendiscError
+from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT, print_config_tree, register_resolvers
+from gendisc.utils.failures import exit_on_gendisc_error
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -184,17 +185,8 @@ def run_two_stage(cfg: DictConfig, overrides: list[str], output_dir: str | Path)
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point: the composed config is the classifier stage's."""
-    try:
+    with exit_on_gendisc_error():
         result = run_two_stage(cfg, list(HydraConfig.get().overrides.task), cfg.paths.output_dir)
-    except GendiscError as error:
-        raise SystemExit(f"error: {error}") from None
-    except Exception as error:
-        cause = error.__cause__ or error.__context__
-        while cause is not None and not isinstance(cause, GendiscError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise SystemExit(f"error: {cause}") from None
-        raise
     name = cfg.get("optimized_metric")
     value = result["stage2_classifier"].get(f"{name}_best", result["stage2_classifier"].get(name))
     return float(value) if isinstance(value, float) else None

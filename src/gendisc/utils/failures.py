@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -26,6 +28,19 @@ def gendisc_cause(error: BaseException) -> GendiscError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+@contextlib.contextmanager
+def exit_on_gendisc_error() -> Iterator[None]:
+    """For command-line entry points: a GendiscError, wrapped or not, exits with its one-line
+    message instead of a traceback; any other error propagates."""
+    try:
+        yield
+    except Exception as error:
+        cause = gendisc_cause(error)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None
 
 
 def job_overrides() -> list[str]:
