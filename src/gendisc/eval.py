@@ -30,7 +30,7 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
     """The config a checkpoint was trained with (stored in it by ``gendisc-train``)."""
     import torch
 
-    read_checkpoint_state(ckpt_path)  # clear errors for a missing or unreadable file
+    read_checkpoint_state(ckpt_path, "ckpt_path")  # clear errors for a missing or unreadable file
     checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=False)
     if CONFIG_KEY not in checkpoint:
         raise ConfigError(

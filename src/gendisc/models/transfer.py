@@ -35,24 +35,27 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint (or a bare state dict), with clear errors."""
+def read_checkpoint_state(
+    path: str | Path, setting: str = "model.init_from"
+) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint (or a bare state dict), with clear errors
+    that name ``setting``, the option the path came from."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"model.init_from={path}: no such file. Give the .ckpt of an earlier run, e.g. "
+            f"{setting}={path}: no such file. Give the .ckpt of an earlier run, e.g. "
             "<run dir>/checkpoints/last.ckpt."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a bad file
         raise ConfigError(
-            f"model.init_from={path}: cannot read this checkpoint ({type(error).__name__}: "
+            f"{setting}={path}: cannot read this checkpoint ({type(error).__name__}: "
             f"{error}). Is it a .ckpt written by gendisc-train, and complete?"
         ) from error
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"model.init_from={path}: the file holds no state_dict of tensors.")
+        raise ConfigError(f"{setting}={path}: the file holds no state_dict of tensors.")
     return state
 
 
