@@ -12,7 +12,11 @@ from omegaconf import OmegaConf
 
 from gendisc.report import load_runs, write_report
 from gendisc.utils.config import PROJECT_ROOT
-from tests.conftest import compose_config, run_gendisc
+from tests.conftest import (
+    compose_config,
+    generative_test_overrides,
+    run_gendisc,
+)
 
 TINY = ["data=digits", "data.val_size=100", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 
@@ -141,8 +145,6 @@ def test_slurm_launcher_takes_nodes_and_gpus_from_the_trainer(overrides, expecte
     assert launcher["submitit_folder"].endswith(".submitit/%j")
 
 
-# methods that studies list before their module lands (narrow a sweep with model=... until then)
-PENDING_MODELS = {"augmented_classifier"}
 STUDIES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("study_*.yaml"))
 
 
@@ -164,8 +166,7 @@ def test_study_configs_sweep_existing_settings(study):
                 assert list(group.glob("*.yaml")), key
                 continue
             for option in (v.strip() for v in str(values).split(",")):
-                exists = (group / f"{option}.yaml").is_file()
-                assert exists or option in PENDING_MODELS, f"{key}={option}"
+                assert (group / f"{option}.yaml").is_file(), f"{key}={option}"
             continue
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
     readme = PROJECT_ROOT / "experiments" / study.removeprefix("study_") / "README.md"
@@ -181,3 +182,40 @@ def test_sweepers_get_the_best_validation_score_never_a_test_metric():
     cfg = OmegaConf.create({"optimized_metric": "val/acc"})
     assert math.isclose(optimized_value(cfg, {"val/acc": 0.5, "val/acc_best": 0.7}), 0.7)
     assert math.isclose(optimized_value(cfg, {"val/acc": 0.5}), 0.5)
+
+
+def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
+    generative_cache, tmp_path
+):
+    """experiment=study_generators puts one cGAN per labeled set where the studies' jobs look."""
+    generators = tmp_path / "generators"
+    tiny = [*TINY, *generative_test_overrides(generative_cache)]
+    run_gendisc(
+        "-m",
+        "experiment=study_generators",
+        *tiny,
+        "data.labels_per_class=2",
+        "data.data_seed=0",
+        f"paths.study_generators_dir={generators}",
+        cwd=tmp_path,
+    )
+    generator = json.loads((generators / "lpc2_seed0" / "metrics.json").read_text())
+    assert generator["data/labeled"] == 20 and "gen/fid" in generator
+    sweep = tmp_path / "study"
+    run_gendisc(
+        "-m",
+        "experiment=study_label_budget",
+        "model=augmented_classifier",
+        *TINY,
+        "data.labels_per_class=2",
+        "data.data_seed=0,1",  # no generator was trained for data_seed 1
+        f"paths.study_generators_dir={generators}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    # job 0 could only train with its generator loaded (a missing one fails, as job 1 shows)
+    trained = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert trained["data_seed"] == 0 and trained["data/labeled"] == 20
+    assert not (sweep / "0" / "failure.json").exists()
+    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert "lpc2_seed1" in failure["error"] and "experiment=study_generators" in failure["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +83,12 @@ class AugmentedClassifierModule(ClassifierModule):
             raise ConfigError(
                 "model.generator_ckpt is not set: give the checkpoint of a conditional "
                 "generator (model=gan or model=vae run), or set model.synthetic_ratio=0."
+            )
+        if not Path(self.generator_ckpt).expanduser().is_file():
+            raise ConfigError(
+                f"model.generator_ckpt={self.generator_ckpt}: no such file. Train the conditional "
+                "generator first (model=gan or model=vae with model.conditional=true, or "
+                "gendisc-twostage; for the studies: gendisc-train -m experiment=study_generators)."
             )
         module = load_module(self.generator_ckpt, self.device)
         module.requires_grad_(False)
