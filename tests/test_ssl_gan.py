@@ -96,6 +96,8 @@ def test_switches_train_end_to_end(make_cfg, overrides):
     metrics = train(make_cfg([*TINY, *overrides]))
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert math.isfinite(metrics["train/d_loss"]) and math.isfinite(metrics["train/g_loss"])
+    # with the EMA evaluated, the raw discriminator's validation accuracy is logged beside it
+    assert ("val/acc_raw" in metrics) == ("model.ema_decay=null" not in overrides)
 
 
 def test_minibatch_discrimination_widens_the_head(make_cfg):

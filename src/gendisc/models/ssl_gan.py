@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics.classification import MulticlassAccuracy
 
 from gendisc.losses import (
     feature_matching_loss,
@@ -85,6 +86,7 @@ class SSLGANModule(ClassifierEvaluation):
         self.init_images = init_images
         self.lr_decay_epochs = lr_decay_epochs
         self.ema = ExponentialMovingAverage(self.discriminator, ema_decay) if ema_decay else None
+        self.val_acc_raw = MulticlassAccuracy(num_classes, average="micro")
         uses_feature_batch = generator_objective == "feature_matching" and separate_feature_batch
         # the datamodule yields this many unlabeled batches per step (x_unl, x_unl2)
         self.unlabeled_streams = 2 if uses_feature_batch else 1
@@ -96,6 +98,15 @@ class SSLGANModule(ClassifierEvaluation):
     def classify(self, x: Tensor) -> Tensor:
         """K class logits from the EMA discriminator when enabled (noise off in eval mode)."""
         return self.ema.shadow(x) if self.ema is not None else self.discriminator(x)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Validation metrics of the evaluated D (EMA when enabled); with the EMA on, also the
+        accuracy of the raw D as ``val/acc_raw`` (how far the average lags or smooths)."""
+        super().validation_step(batch, batch_idx)
+        if self.ema is not None:
+            images, labels = batch
+            self.val_acc_raw.update(self.discriminator(images), labels)
+            self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
     def sample(self, count: int) -> Tensor:
         """``count`` generated images in [-1, 1]."""
