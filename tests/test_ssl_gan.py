@@ -140,6 +140,27 @@ def test_data_dependent_init_runs_at_fit_start(make_cfg):
     assert int(model.ema.num_updates) == 1
 
 
+def test_without_data_init_the_scales_stay_one(make_cfg):
+    """ablation=no_data_init: g = 1, b = 0 at the start, not a lazy init on the first batch."""
+    import lightning as L
+
+    from gendisc.nets.layers import WeightNormLinear
+
+    datamodule, model = build(make_cfg(["ablation=no_data_init"]))
+    assert model.init_images == 0
+    frozen = [
+        m
+        for m in model.discriminator.modules()
+        if isinstance(m, WeightNormLinear) and not m.g.requires_grad
+    ]
+    assert frozen  # the hidden layers' scales are not trained: they must stay at 1
+    trainer = L.Trainer(
+        fast_dev_run=True, logger=False, enable_progress_bar=False, use_distributed_sampler=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert all(torch.equal(layer.g, torch.ones_like(layer.g)) for layer in frozen)
+
+
 ABLATIONS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "ablation").glob("*.yaml"))
 
 

@@ -24,7 +24,7 @@ from gendisc.losses import (
 )
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.nets.ema import ExponentialMovingAverage
-from gendisc.nets.layers import data_dependent_init, needs_data_init
+from gendisc.nets.layers import data_dependent_init, mark_initialized, needs_data_init
 from gendisc.training import raise_if_not_finite
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
@@ -116,6 +116,9 @@ class SSLGANModule(ClassifierEvaluation):
     def on_fit_start(self) -> None:
         """Data-dependent init of the weight-normalised layers, unless restored from a checkpoint."""
         if not self.init_images:
+            # no data-dependent init: g = 1, b = 0 (else each layer would init on its first batch)
+            mark_initialized(self.discriminator)
+            mark_initialized(self.generator)
             return
         initialised = False
         if needs_data_init(self.discriminator):
