@@ -199,7 +199,7 @@ def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
         f"paths.study_generators_dir={generators}",
         cwd=tmp_path,
     )
-    generator = json.loads((generators / "lpc2_seed0" / "metrics.json").read_text())
+    generator = json.loads((generators / "digits" / "lpc2_seed0" / "metrics.json").read_text())
     assert generator["data/labeled"] == 20 and "gen/fid" in generator
     sweep = tmp_path / "study"
     run_gendisc(
