@@ -165,6 +165,20 @@ def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
     result = evaluate(cfg)
     assert result["test/acc"] == pytest.approx(metrics["test/acc"])
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert not any(key.startswith("gen/") for key in result)  # a classifier has no generator
+
+
+def test_eval_reports_the_generative_metrics_of_the_run(tiny_cgan_run, tmp_path):
+    run, metrics = tiny_cgan_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"ckpt_path={ckpt}"], tmp_path / "eval", config_name="eval")
+    result = evaluate(cfg)
+    assert result["gen/fid"] == pytest.approx(metrics["gen/fid"], rel=1e-4)
+    assert result["gen/cas"] == pytest.approx(metrics["gen/cas"], abs=1e-6)
+    off = compose_config(
+        [f"ckpt_path={ckpt}", "generative_metrics=false"], tmp_path / "eval_off", config_name="eval"
+    )
+    assert "gen/fid" not in evaluate(off)
 
 
 def test_transfer_learning_loads_backbone_and_freezes(make_cfg, tmp_path):

@@ -39,6 +39,15 @@ def load_run_config(ckpt_path: str | Path) -> DictConfig:
     return OmegaConf.create(checkpoint[CONFIG_KEY])
 
 
+def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[Any]:
+    """The run's generative-metrics callback (FID/KID/IS/CAS of its generator) when it had one
+    and ``generative_metrics`` is on: the report then matches the training run's test."""
+    spec = OmegaConf.select(run_cfg, "callbacks.generative_metrics")
+    if not cfg.get("generative_metrics", True) or not spec:
+        return []
+    return [hydra.utils.instantiate(spec)]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics."""
     run_cfg = load_run_config(cfg.ckpt_path)
@@ -49,8 +58,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         seed=run_cfg.get("seed"),
         extra={"ckpt_path": str(cfg.ckpt_path)},
     )
+    callbacks = [*generative_metrics_callbacks(run_cfg, cfg), report]
     loggers = instantiate_list(cfg.get("logger"), "logger")
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[report], logger=loggers)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     trainer.test(model, datamodule=datamodule, ckpt_path=str(Path(cfg.ckpt_path).expanduser()))
     return report.metrics
 
