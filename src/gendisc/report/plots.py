@@ -98,7 +98,14 @@ def plot(
             axes.set_xscale("log", base=2)
         axes.set_xticks(list(positions.values()), labels)
     else:
-        axes.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 4 else 0)
+        slanted = len(labels) > 4
+        axes.set_xticks(
+            range(len(labels)),
+            labels,
+            rotation=30 if slanted else 0,
+            ha="right" if slanted else "center",
+            rotation_mode="anchor",
+        )
     axes.set_xlabel(x or ", ".join(group_by) or "")
     axes.set_ylabel(metric)
     axes.set_title(title or (f"{metric} vs {x}" if x else metric) + " (mean ± std over seeds)")
