@@ -86,7 +86,10 @@ class SSLGANModule(ClassifierEvaluation):
         self.init_images = init_images
         self.lr_decay_epochs = lr_decay_epochs
         self.ema = ExponentialMovingAverage(self.discriminator, ema_decay) if ema_decay else None
-        self.val_acc_raw = MulticlassAccuracy(num_classes, average="micro")
+        # the raw D's validation accuracy, beside the EMA's (only when the EMA is evaluated)
+        self.val_acc_raw = (
+            MulticlassAccuracy(num_classes, average="micro") if self.ema is not None else None
+        )
         uses_feature_batch = generator_objective == "feature_matching" and separate_feature_batch
         # the datamodule yields this many unlabeled batches per step (x_unl, x_unl2)
         self.unlabeled_streams = 2 if uses_feature_batch else 1
@@ -103,7 +106,7 @@ class SSLGANModule(ClassifierEvaluation):
         """Validation metrics of the evaluated D (EMA when enabled); with the EMA on, also the
         accuracy of the raw D as ``val/acc_raw`` (how far the average lags or smooths)."""
         super().validation_step(batch, batch_idx)
-        if self.ema is not None:
+        if self.val_acc_raw is not None:
             images, labels = batch
             self.val_acc_raw.update(self.discriminator(images), labels)
             self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
