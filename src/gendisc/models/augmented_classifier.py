@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gendisc.errors import ConfigError
+from gendisc.guards import raise_if_not_finite
 from gendisc.models.classifier import ClassifierModule
 from gendisc.models.sampling import Sampler, sampler_for
-from gendisc.training import raise_if_not_finite
 
 
 def synthetic_count(real: int, ratio: float) -> int:

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from gendisc.guards import raise_if_not_finite
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.transfer import HEAD_PREFIXES, TransferReport, load_backbone_weights
-from gendisc.training import raise_if_not_finite
 
 
 class ClassifierModule(ClassifierEvaluation):

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gendisc.errors import ConfigError
+from gendisc.guards import raise_if_not_finite
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.sampling import Sampler
-from gendisc.training import raise_if_not_finite
 
 Likelihood = Literal["bernoulli", "gaussian"]
 _LOG_2PI = math.log(2.0 * math.pi)

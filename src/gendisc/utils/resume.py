@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gendisc.errors import ConfigError
-from gendisc.training import last_checkpoint_path
+from gendisc.guards import last_checkpoint_path
 from gendisc.utils.config import instantiate_list
 
 log = logging.getLogger(__name__)
