@@ -22,16 +22,15 @@ from gendisc.losses import (
     ssl_supervised_loss,
     ssl_unsupervised_loss,
 )
-from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.models.adversarial import AdversarialModule
 from gendisc.nets.ema import ExponentialMovingAverage
-from gendisc.nets.layers import data_dependent_init, mark_initialized, needs_data_init
-from gendisc.training import raise_if_not_finite
+from gendisc.nets.layers import data_dependent_init
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
 
 
-class SSLGANModule(ClassifierEvaluation):
-    """K+1-class semi-supervised GAN (manual optimisation: one D step, then G steps).
+class SSLGANModule(AdversarialModule):
+    """K+1-class semi-supervised GAN on the adversarial core (one D step, then G steps).
 
     Args:
         discriminator: partial of a classifier net (``in_shape``, ``num_classes``) exposing
@@ -48,6 +47,8 @@ class SSLGANModule(ClassifierEvaluation):
         ema_decay: decay of the moving average of D's weights used for evaluation; null: off.
         init_images: images for the data-dependent init of weight-normalised layers (0: off).
         lr_decay_epochs: decay both learning rates linearly to 0 over the last N epochs.
+        concat_d_pass: D's three batches as one pass (auto: when D has no batch-dependent
+            layer; see ``AdversarialModule``).
     """
 
     def __init__(
@@ -68,12 +69,18 @@ class SSLGANModule(ClassifierEvaluation):
         ema_decay: float | None = 0.9999,
         init_images: int = 500,
         lr_decay_epochs: int = 0,
+        concat_d_pass: bool | str = "auto",
     ) -> None:
-        super().__init__(num_classes, class_names)
+        super().__init__(
+            num_classes,
+            class_names,
+            generator_steps=generator_steps,
+            init_images=init_images,
+            concat_d_pass=concat_d_pass,
+        )
         self.save_hyperparameters(
             ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
         )
-        self.automatic_optimization = False
         self.discriminator = discriminator(in_shape=tuple(in_shape), num_classes=num_classes)
         self.generator = generator(out_shape=tuple(in_shape))
         self.d_optimizer_factory = d_optimizer
@@ -82,8 +89,6 @@ class SSLGANModule(ClassifierEvaluation):
         self.feature_layer = feature_layer
         self.feature_norm = feature_norm
         self.unlabeled_weight = unlabeled_weight
-        self.generator_steps = generator_steps
-        self.init_images = init_images
         self.lr_decay_epochs = lr_decay_epochs
         self.ema = ExponentialMovingAverage(self.discriminator, ema_decay) if ema_decay else None
         # the raw D's validation accuracy, beside the EMA's (only when the EMA is evaluated)
@@ -116,79 +121,43 @@ class SSLGANModule(ClassifierEvaluation):
         return self.generator(self.generator.sample_latent(count, device=self.device))
 
     # ------------------------------------------------------------------------------- training
-    def on_fit_start(self) -> None:
-        """Data-dependent init of the weight-normalised layers, unless restored from a checkpoint."""
-        if not self.init_images:
-            # no data-dependent init: g = 1, b = 0 (else each layer would init on its first batch)
-            mark_initialized(self.discriminator)
-            mark_initialized(self.generator)
-            return
-        initialised = False
-        if needs_data_init(self.discriminator):
-            images = self.trainer.datamodule.unlabeled_sample(self.init_images, seed=0)
-            data_dependent_init(self.discriminator, images.to(self.device))
-            initialised = True
-        if needs_data_init(self.generator):
-            latents = self.generator.sample_latent(self.init_images, device=self.device)
-            data_dependent_init(self.generator, latents)
-            initialised = True
-        if initialised and self.ema is not None:
-            self.ema.reset(self.discriminator)
+    def emas(self) -> list[tuple[ExponentialMovingAverage, nn.Module]]:
+        return [(self.ema, self.discriminator)] if self.ema is not None else []
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        d_optimizer, g_optimizer = self.optimizers()
+    def data_init(self, count: int) -> None:
+        """D's layers from ``count`` unlabeled images (a fixed draw), G's from ``count`` latents."""
+        images = self.trainer.datamodule.unlabeled_sample(count, seed=0)
+        data_dependent_init(self.discriminator, images.to(self.device))
+        data_dependent_init(self.generator, self.generator.sample_latent(count, device=self.device))
+
+    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+        """``L_lab + w * L_unl`` on the labeled, unlabeled and a generated batch."""
         x_lab, y_lab, x_unl = batch["x"], batch["y"], batch["x_unl"]
-
-        # discriminator = classifier: L_lab + w * L_unl
-        fake = self.sample(len(x_unl)).detach()
-        # separate passes, as in the authors' code: minibatch discrimination (and any batch
-        # statistics) must not mix real and generated images
-        logits_lab = self.discriminator(x_lab)
-        logits_unl = self.discriminator(x_unl)
-        logits_fake = self.discriminator(fake)
+        with torch.no_grad():
+            fake = self.sample(len(x_unl))
+        # one pass over the three batches when D has no batch-dependent layer; otherwise
+        # separate passes, as in the authors' code (minibatch discrimination must not mix
+        # real and generated images)
+        logits_lab, logits_unl, logits_fake = self.discriminate_batches(
+            self.discriminator, [(x_lab,), (x_unl,), (fake,)]
+        )
         loss_lab = ssl_supervised_loss(logits_lab, y_lab)
         loss_unl = ssl_unsupervised_loss(logits_unl, logits_fake)
         d_loss = loss_lab + self.unlabeled_weight * loss_unl
-        raise_if_not_finite(d_loss, "discriminator loss", self)
-        d_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        d_optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.discriminator)
-
-        # generator
-        self.toggle_optimizer(g_optimizer)
-        for _ in range(self.generator_steps):
-            g_loss = self.generator_loss(batch.get("x_unl2", x_unl), len(x_unl))
-            raise_if_not_finite(g_loss, "generator loss", self)
-            g_optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            g_optimizer.step()
-        self.untoggle_optimizer(g_optimizer)
-
         with torch.no_grad():
-            accuracy = (logits_lab.argmax(1) == y_lab).float().mean()
-            real_prob = torch.sigmoid(torch.logsumexp(logits_unl, 1)).mean()
-            fake_prob = torch.sigmoid(torch.logsumexp(logits_fake, 1)).mean()
-        self.log_dict(
-            {
+            stats = {
                 "train/loss_lab": loss_lab,
                 "train/loss_unl": loss_unl,
-                "train/d_loss": d_loss,
-                "train/g_loss": g_loss,
-                "train/acc": accuracy,
-                "train/d_real": real_prob,
-                "train/d_fake": fake_prob,
-            },
-            on_step=False,
-            on_epoch=True,
-            prog_bar=False,
-        )
-        self.log("train/loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
+                "train/acc": (logits_lab.argmax(1) == y_lab).float().mean(),
+                "train/d_real": torch.sigmoid(torch.logsumexp(logits_unl, 1)).mean(),
+                "train/d_fake": torch.sigmoid(torch.logsumexp(logits_fake, 1)).mean(),
+            }
+        return d_loss, stats
 
-    def generator_loss(self, x_real: Tensor, count: int) -> Tensor:
+    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """The configured generator objective on a fresh generated batch."""
-        fake = self.sample(count)
+        x_real = batch.get("x_unl2", batch["x_unl"])
+        fake = self.sample(len(batch["x_unl"]))
         if self.generator_objective == "feature_matching":
             _, fake_features = self.discriminator.forward_with_features(fake)
             with torch.no_grad():
@@ -201,10 +170,6 @@ class SSLGANModule(ClassifierEvaluation):
         if self.generator_objective == "minimax":
             return ssl_generator_minimax_loss(logits_fake)
         return ssl_generator_nonsaturating_loss(logits_fake)
-
-    def on_train_epoch_end(self) -> None:
-        for scheduler in self.lr_schedulers() or []:
-            scheduler.step()
 
     def configure_optimizers(self) -> Any:
         d_optimizer = self.d_optimizer_factory(params=self.discriminator.parameters())

@@ -36,43 +36,68 @@ class ExponentialMovingAverage(nn.Module):
         self.shadow.eval()
         self.shadow.requires_grad_(False)
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        self._count: int | None = None  # Python copy of num_updates: no device sync per step
+        self._matched: tuple[int, list[Tensor], list[Tensor], list[Tensor], list[Tensor]] | None
+        self._matched = None
 
-    def _pairs(self, module: nn.Module) -> list[tuple[Tensor, Tensor]]:
-        mine = dict(self.shadow.named_parameters())
-        theirs = dict(module.named_parameters())
-        if mine.keys() != theirs.keys():
-            raise ValueError("EMA: module parameters do not match the shadow's")
-        return [(mine[k], theirs[k]) for k in mine]
-
-    def _copy_buffers(self, module: nn.Module) -> None:
-        theirs = dict(module.named_buffers())
-        for name, buf in self.shadow.named_buffers():
-            buf.copy_(theirs[name])
+    def _match(
+        self, module: nn.Module
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """(shadow params, module params, shadow buffers, module buffers), matched by name once
+        per averaged module."""
+        if self._matched is None or self._matched[0] != id(module):
+            mine, theirs = dict(self.shadow.named_parameters()), dict(module.named_parameters())
+            if mine.keys() != theirs.keys():
+                raise ValueError("EMA: module parameters do not match the shadow's")
+            my_bufs, their_bufs = dict(self.shadow.named_buffers()), dict(module.named_buffers())
+            self._matched = (
+                id(module),
+                list(mine.values()),
+                [theirs[k] for k in mine],
+                list(my_bufs.values()),
+                [their_bufs[k] for k in my_bufs],
+            )
+        return self._matched[1:]
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        """One EMA step towards ``module``'s current weights."""
+        """One EMA step towards ``module``'s current weights (one fused lerp over all of them)."""
         decay = self.current_decay()
-        for a, p in self._pairs(module):
-            a.lerp_(p.detach(), 1.0 - decay)
-        self._copy_buffers(module)
+        averaged, current, my_buffers, their_buffers = self._match(module)
+        torch._foreach_lerp_(averaged, [p.detach() for p in current], 1.0 - decay)
+        for mine, theirs in zip(my_buffers, their_buffers, strict=True):
+            mine.copy_(theirs)
         self.num_updates += 1
+        self._count = self.updates() + 1
+
+    def updates(self) -> int:
+        """Number of updates since the start or the last reset (read from the buffer once)."""
+        if self._count is None:
+            self._count = int(self.num_updates)
+        return self._count
 
     def current_decay(self) -> float:
         """``decay``, or with warm-up min(decay, (1 + t) / (10 + t)) after t updates, so that
         short runs average recent weights rather than their random start."""
         if not self.warmup:
             return self.decay
-        t = int(self.num_updates)
+        t = self.updates()
         return min(self.decay, (1 + t) / (10 + t))
 
     @torch.no_grad()
     def reset(self, module: nn.Module) -> None:
         """Copy ``module``'s weights and buffers into the shadow (restart the average)."""
-        for a, p in self._pairs(module):
+        averaged, current, my_buffers, their_buffers = self._match(module)
+        for a, p in zip(averaged, current, strict=True):
             a.copy_(p.detach())
-        self._copy_buffers(module)
+        for mine, theirs in zip(my_buffers, their_buffers, strict=True):
+            mine.copy_(theirs)
         self.num_updates.zero_()
+        self._count = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # re-read num_updates from the loaded buffer
 
     def train(self, mode: bool = True) -> ExponentialMovingAverage:
         super().train(mode)

@@ -3,7 +3,8 @@ data-dependent initialisation, and virtual batch normalisation (Salimans et al. 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,7 +23,10 @@ __all__ = [
     "activation_layer",
     "as_shape",
     "data_dependent_init",
+    "has_batch_dependent_layers",
     "mark_initialized",
+    "needs_data_init",
+    "weight_norm_once",
 ]
 
 
@@ -138,6 +142,8 @@ class _WeightNormBase(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.register_buffer("initialized", torch.tensor(not data_init))
         self._init_seen = False  # Python-side cache to avoid a device sync per forward
+        self._weight_cache: Tensor | None = None  # set by ``weight_norm_once``
+        self._cache_depth = 0
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -182,7 +188,8 @@ class _WeightNormBase(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_initialized():
             self._initialize(x)
-        return self._op(x, self.weight, self.bias)
+        weight = self._weight_cache if self._weight_cache is not None else self.weight
+        return self._op(x, weight, self.bias)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -307,6 +314,33 @@ class WeightNormConvTranspose2d(_WeightNormBase):
 
 def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _WeightNormBase]]:
     return [(n, m) for n, m in net.named_modules() if isinstance(m, _WeightNormBase)]
+
+
+@contextmanager
+def weight_norm_once(net: nn.Module) -> Iterator[None]:
+    """Inside the block, each initialised weight-norm layer of ``net`` computes its weight
+    ``g * v / ||v||`` once and reuses it in every forward pass (one autograd node whose gradient
+    sums over the passes: the same maths as recomputing it per pass). Do not step an optimiser
+    of ``net`` inside the block. Nested blocks reuse the outer block's weights."""
+    layers = [layer for _, layer in _weight_norm_layers(net) if layer.is_initialized()]
+    for layer in layers:
+        if layer._cache_depth == 0:
+            layer._weight_cache = layer.weight
+        layer._cache_depth += 1
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._cache_depth -= 1
+            if layer._cache_depth == 0:
+                layer._weight_cache = None
+
+
+def has_batch_dependent_layers(net: nn.Module) -> bool:
+    """Whether an example's output depends on the other examples of its batch in training mode
+    (batch norm, virtual batch norm, minibatch discrimination)."""
+    kinds = (nn.modules.batchnorm._BatchNorm, VirtualBatchNorm, MinibatchDiscrimination)
+    return any(isinstance(m, kinds) for m in net.modules())
 
 
 def data_dependent_init(net: nn.Module, batch: Tensor, *args: Any, **kwargs: Any) -> None:
