@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -264,3 +268,44 @@ def test_run_directories_never_collide_within_one_second():
             dirs.append(first)
     assert dirs[0] != dirs[1]
     GlobalHydra.instance().clear()
+
+
+# ------------------------------------------------------------------------------- provenance
+def check_provenance(report: dict, threads: int) -> None:
+    """Every run/* key of metrics.json, with its type and format."""
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", report["run/git_sha"])
+    assert isinstance(report["run/git_dirty"], bool)
+    if report["run/git_sha"] == "unknown":
+        assert report["run/git_dirty"] is False
+    assert re.fullmatch(r"\d+\.\d+.*", report["run/gendisc_version"])
+    assert report["run/torch_version"] == torch.__version__
+    assert report["run/lightning_version"] == lightning.__version__
+    assert report["run/device"] == "cpu"
+    assert report["run/threads"] == threads
+    assert report["run/hostname"] == socket.gethostname()
+    assert datetime.fromisoformat(report["run/started_at"]).tzinfo is not None
+    assert report["run/precision"] == "32-true" and report["run/world_size"] == 1
+
+
+def test_default_run_and_its_eval_record_their_provenance(make_cfg, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        # the bare `gendisc-train` (ssl_gan on digits) on a tiny budget, 1 thread
+        cfg = make_cfg(
+            [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "threads=1"]
+        )
+        assert cfg.model._target_.endswith("SSLGANModule") and cfg.data.dataset == "digits"
+        metrics = train(cfg)
+        report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        check_provenance(report, threads=1)
+        assert metrics["run/git_sha"] == report["run/git_sha"]  # also returned by train()
+        # gendisc-eval's report: the eval run's own provenance (its start, its thread count)
+        torch.set_num_threads(2)
+        ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        evaluate(compose_config([f"ckpt_path={ckpt}"], tmp_path / "eval", config_name="eval"))
+        again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        check_provenance(again, threads=2)
+        started = [datetime.fromisoformat(r["run/started_at"]) for r in (report, again)]
+        assert started[1] >= started[0]
+    finally:
+        torch.set_num_threads(before)

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gendisc.callbacks.logging_images import log_image
+from gendisc.utils.provenance import git_state, now_iso, run_provenance
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,17 @@ class EvaluationReport(Callback):
         output_dir: the run directory (``paths.output_dir``).
         seed: the training seed, recorded in metrics.json.
         extra: further entries for metrics.json (e.g. the model name).
+
+    metrics.json also records the run's provenance (``run/*``, see ``run_provenance``): the
+    start time and git state are taken when the callback is created, at the start of the run.
     """
 
     def __init__(self, output_dir: str, seed: int | None = None, extra: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.seed = seed
         self.extra = dict(extra or {})
+        self.started_at = now_iso()
+        self.git = git_state()
         self.fit_seconds = 0.0
         self.train_images = 0
         self._fit_started: float | None = None
@@ -176,6 +182,7 @@ class EvaluationReport(Callback):
         metrics.update(peak_memory_mb(pl_module.device))
         metrics["epochs"] = trainer.current_epoch
         metrics["global_step"] = trainer.global_step
+        metrics.update(run_provenance(trainer, started_at=self.started_at, git=self.git))
         metrics.update(self.extra)
         self.metrics = metrics
         self._write(trainer, metrics)
