@@ -8,11 +8,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from gendisc.report import aggregate, default_group_by, load_runs, plot, to_markdown
+from gendisc.report import (
+    aggregate,
+    code_version_warnings,
+    default_group_by,
+    load_runs,
+    plot,
+    to_markdown,
+    write_report,
+)
 from gendisc.report.cli import main
+from gendisc.report.write import CodeVersionWarning
 
 # (model, batch size, data_seed) -> test/acc; one failed and one unfinished run besides
 ACCURACY = {
@@ -169,3 +179,107 @@ def test_cli_group_by_and_out_and_several_sweeps(sweep, tmp_path):
 def test_cli_missing_directory_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "No such sweep directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- provenance (run/* keys)
+SHA_A, SHA_B = "a" * 40, "0123456789" * 4
+
+
+def provenance(sha: str, dirty: bool = False) -> dict:
+    """The run/* entries a run writes into metrics.json (values that look like numbers too)."""
+    return {
+        "run/git_sha": sha,
+        "run/git_dirty": dirty,
+        "run/gendisc_version": "0.1",
+        "run/hostname": "1234",
+        "run/device": "cpu",
+        "run/threads": 1,
+        "run/started_at": "2024-05-01T12:00:00+02:00",
+        "run/precision": "32-true",
+        "run/world_size": 1,
+    }
+
+
+@pytest.fixture
+def code_sweep(tmp_path: Path) -> Path:
+    """classifier: seeds 0, 1 on commit A and seed 2 on commit B; ssl_gan: two runs on A;
+    one failed classifier run (no metrics.json, hence no provenance)."""
+    sweep = tmp_path / "code_sweep"
+    jobs = [
+        ("classifier", 0, 0.70, SHA_A),
+        ("classifier", 1, 0.72, SHA_A),
+        ("classifier", 2, 0.80, SHA_B),
+        ("ssl_gan", 0, 0.90, SHA_A),
+        ("ssl_gan", 1, 0.92, SHA_A),
+    ]
+    for job, (model, seed, accuracy, sha) in enumerate(jobs):
+        overrides = [f"model={model}", f"data.data_seed={seed}"]
+        make_run(sweep, job, overrides, {"test/acc": accuracy, **provenance(sha)})
+    make_run(sweep, len(jobs), ["model=classifier", "data.data_seed=3"], None, "NaN")
+    return sweep
+
+
+def test_runs_keep_provenance_as_written(code_sweep):
+    runs = load_runs(code_sweep)
+    assert set(runs.columns[-9:]) == set(provenance(SHA_A))  # after the metrics
+    done = runs[runs["status"] == "completed"]
+    assert list(done["run/git_sha"]) == [SHA_A, SHA_A, SHA_B, SHA_A, SHA_A]
+    assert done["run/gendisc_version"].tolist() == ["0.1"] * 5  # text, not the number 0.1
+    assert done["run/hostname"].tolist() == ["1234"] * 5
+    assert done["run/git_dirty"].tolist() == [False] * 5 and runs.loc[2, "run/threads"] == 1
+    assert runs.loc[5, "status"] == "failed" and not isinstance(runs.loc[5, "run/git_sha"], str)
+
+
+def test_cli_warns_when_a_group_mixes_commits(code_sweep, capsys):
+    assert main([str(code_sweep), "--metrics", "test/acc", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    expected = (
+        f"group model=classifier: runs from different or uncommitted code: "
+        f"git_sha {SHA_A} (2 runs); {SHA_B} (1 run)"
+    )
+    assert f"warning: {expected}" in err
+    assert "ssl_gan" not in err  # both its runs on one clean commit
+    report = (code_sweep / "report.md").read_text()
+    assert f"## Warnings\n\n- **Warning**: {expected}\n" in report
+    header = (code_sweep / "runs.csv").read_text().splitlines()[0].split(",")
+    assert {"run/git_sha", "run/git_dirty", "run/started_at", "run/device"} <= set(header)
+    runs_csv = pd.read_csv(code_sweep / "runs.csv", dtype={"run/git_sha": str})
+    assert runs_csv["run/git_sha"].tolist()[:3] == [SHA_A, SHA_A, SHA_B]
+
+
+def test_cli_groups_by_git_sha(code_sweep, capsys):
+    out = code_sweep / "by_sha"
+    args = [str(code_sweep), "--group-by", "run/git_sha", "--metrics", "test/acc", "--out"]
+    assert main([*args, str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err  # one clean commit per group
+    table = pd.read_csv(out / "report.csv", dtype={"run/git_sha": str})
+    assert table["run/git_sha"].tolist()[:2] == [SHA_B, SHA_A]  # sorted as text; null last
+    assert pd.isna(table["run/git_sha"].iloc[2]) and table["failed"].tolist() == [0, 0, 1]
+    assert table["test/acc mean"].tolist()[:2] == pytest.approx(
+        [0.80, np.mean([0.7, 0.72, 0.9, 0.92])]
+    )
+    assert "Grouped by: run/git_sha;" in (out / "report.md").read_text()
+    both = aggregate(load_runs(code_sweep), group_by=["model", "run/git_sha"], metrics=["test/acc"])
+    assert list(zip(both["model"], both["run/git_sha"], both["completed"], strict=True)) == [
+        ("classifier", SHA_B, 1),
+        ("classifier", SHA_A, 2),
+        ("classifier", None, 0),
+        ("ssl_gan", SHA_A, 2),
+    ]
+
+
+def test_a_dirty_tree_in_a_group_is_warned_about(tmp_path):
+    sweep = tmp_path / "dirty"
+    make_run(sweep, 0, ["data.data_seed=0"], {"test/acc": 0.5, **provenance(SHA_A)})
+    make_run(sweep, 1, ["data.data_seed=1"], {"test/acc": 0.6, **provenance(SHA_A, dirty=True)})
+    make_run(sweep, 2, ["data.data_seed=2"], {"test/acc": 0.7})  # an older run: no provenance
+    runs = load_runs(sweep)
+    assert code_version_warnings(runs, []) == [
+        f"group (all runs): runs from different or uncommitted code: git_sha {SHA_A} "
+        "(2 runs, 1 from a dirty tree)"
+    ]
+    with pytest.warns(CodeVersionWarning, match="1 from a dirty tree"):
+        written = write_report(sweep, metrics=["test/acc"], plots=False)
+    assert "- **Warning**: group (all runs)" in written["report.md"].read_text()
+    clean = load_runs(sweep).drop(index=1)
+    assert code_version_warnings(clean, []) == []  # one clean run and one without provenance

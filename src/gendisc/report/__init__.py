@@ -17,12 +17,13 @@ from gendisc.report.runs import (
     load_runs,
     override_keys,
 )
-from gendisc.report.tables import aggregate, format_mean_std, to_markdown
+from gendisc.report.tables import aggregate, code_version_warnings, format_mean_std, to_markdown
 from gendisc.report.write import plot_axes, write_report
 
 __all__ = [
     "SEED_KEYS",
     "aggregate",
+    "code_version_warnings",
     "default_group_by",
     "default_metrics",
     "find_run_dirs",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
-from gendisc.report.write import write_report
+from gendisc.report.write import CodeVersionWarning, write_report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -21,8 +22,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--group-by",
         nargs="*",
         default=None,
-        help="override keys to group by (default: every swept key except seeds; give none "
-        "to pool all runs)",
+        help="override keys, or provenance keys such as run/git_sha, to group by (default: "
+        "every swept key except seeds; give none to pool all runs)",
     )
     parser.add_argument(
         "--metrics", nargs="+", default=None, help="metrics.json keys (default: test/acc, cost...)"
@@ -39,16 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``gendisc-report``."""
     args = parse_args(argv)
     try:
-        written = write_report(
-            args.dirs,
-            out=args.out,
-            group_by=args.group_by,
-            metrics=args.metrics,
-            x=args.x,
-            hue=args.hue,
-            plots=not args.no_plots,
-            title=args.title,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CodeVersionWarning)
+            written = write_report(
+                args.dirs,
+                out=args.out,
+                group_by=args.group_by,
+                metrics=args.metrics,
+                x=args.x,
+                hue=args.hue,
+                plots=not args.no_plots,
+                title=args.title,
+            )
     except (FileNotFoundError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -57,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Wrote " + ", ".join(str(path) for path in written.values()))
     except BrokenPipeError:  # e.g. piped into head: the files are written; exit quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for warning in caught:  # after the report, where they are seen
+        if issubclass(warning.category, CodeVersionWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     return 0
 
 

@@ -58,9 +58,16 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
     return parsed
 
 
-def _scalar(value: Any) -> Any:
+# metrics.json keys of the run's provenance (git_sha, versions, host...): kept as written,
+# never read as numbers (a version "0.1" or an all-digit hostname stays text)
+PROVENANCE_PREFIX = "run/"
+
+
+def _scalar(value: Any, key: str = "") -> Any:
     """A metrics.json value as a table cell: numbers (non-finite ones were stored as text)."""
     if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, str) and key.startswith(PROVENANCE_PREFIX):
         return value
     if isinstance(value, str):
         try:
@@ -93,7 +100,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     elif metrics_file.is_file():
         row["status"] = "completed"
         for key, value in json.loads(metrics_file.read_text()).items():
-            cell = _scalar(value)
+            cell = _scalar(value, key)
             if cell is not None and key not in RUN_COLUMNS:
                 row[key] = cell
     else:
@@ -106,7 +113,8 @@ def load_runs(directories: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 
     Columns: ``sweep_dir``, ``run_dir``, ``job`` (path inside the sweep), ``status``,
     ``error_type``, ``error``, one column per override key (``model``, ``data.batch_size``,
-    ...; listed in ``df.attrs["override_keys"]``) and one per scalar metric of metrics.json.
+    ...; listed in ``df.attrs["override_keys"]``), one per scalar metric of metrics.json, then
+    the run's provenance (``run/git_sha``, ``run/git_dirty``, ``run/device``, ...) as written.
     """
     if isinstance(directories, str | Path):
         directories = [directories]
@@ -125,6 +133,7 @@ def load_runs(directories: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
     metric_columns = [c for c in frame.columns if c not in RUN_COLUMNS and c not in keys]
+    metric_columns.sort(key=lambda c: c.startswith(PROVENANCE_PREFIX))  # provenance last
     frame = frame[[*RUN_COLUMNS[:3], *keys, *RUN_COLUMNS[3:], *metric_columns]]
     for key in keys:  # exact values (ints stay ints; null is None); not overridden: default
         frame[key] = pd.Series([row.get(key, NOT_SET) for row in rows], dtype=object)

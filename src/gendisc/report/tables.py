@@ -23,6 +23,66 @@ def sort_key(value: Any) -> tuple[int, Any]:
     return (1, str(value))
 
 
+def _missing_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def group_runs(runs: pd.DataFrame, group_by: Sequence[str]) -> dict[tuple, list[int]]:
+    """{group values: row indices}, sorted by the values (null last).
+
+    Keys are override keys or metrics.json columns such as ``run/git_sha``; a run without the
+    value (a failed run has no metrics.json) falls in the group of null.
+    """
+    missing = [key for key in group_by if key not in runs.columns]
+    if missing:
+        raise KeyError(f"group-by keys not found in the runs' overrides or metrics.json: {missing}")
+    groups: dict[tuple, list[int]] = {}
+    for index, row in runs.iterrows():
+        values = tuple(_missing_to_none(row[key]) for key in group_by)
+        groups.setdefault(values, []).append(index)
+    return {
+        values: groups[values]
+        for values in sorted(groups, key=lambda vs: [sort_key(v) for v in vs])
+    }
+
+
+def code_version_warnings(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
+    """One line per group whose runs may not come from the same code.
+
+    That is a group with two or more runs that recorded their provenance (``run/git_sha``,
+    ``run/git_dirty`` in metrics.json) whose git_sha values differ, or one of which ran from
+    a dirty tree (uncommitted changes). Runs without provenance are not compared.
+    """
+    if "run/git_sha" not in runs.columns:
+        return []
+    lines = []
+    for values, indices in group_runs(runs, group_by).items():
+        members = runs.loc[indices]
+        members = members[members["run/git_sha"].map(lambda v: isinstance(v, str))]
+        if len(members) < 2:
+            continue
+        dirty = members.get("run/git_dirty", pd.Series(False, index=members.index))
+        dirty = dirty.map(lambda v: bool(v) if isinstance(v, bool | np.bool_) else False)
+        shas = list(dict.fromkeys(members["run/git_sha"]))
+        if len(shas) == 1 and not dirty.any():
+            continue
+        parts = []
+        for sha in shas:
+            count = int((members["run/git_sha"] == sha).sum())
+            unclean = int(dirty[members["run/git_sha"] == sha].sum())
+            part = f"{sha} ({count} run{'s' if count > 1 else ''}"
+            part += f", {unclean} from a dirty tree)" if unclean else ")"
+            parts.append(part)
+        group = ", ".join(
+            f"{k}={'null' if v is None else v}" for k, v in zip(group_by, values, strict=True)
+        )
+        lines.append(
+            f"group {group or '(all runs)'}: runs from different or uncommitted code: "
+            f"git_sha {'; '.join(parts)}"
+        )
+    return lines
+
+
 def aggregate(
     runs: pd.DataFrame, group_by: Sequence[str] | None = None, metrics: Sequence[str] | None = None
 ) -> pd.DataFrame:
@@ -37,15 +97,10 @@ def aggregate(
 
     group_by = list(default_group_by(runs) if group_by is None else group_by)
     metrics = list(default_metrics(runs) if metrics is None else metrics)
-    missing = [key for key in group_by if key not in runs.columns]
-    if missing:
-        raise KeyError(f"group-by keys not found in the runs' overrides: {missing}")
-    groups: dict[tuple, list[int]] = {}
-    for index, row in runs.iterrows():
-        groups.setdefault(tuple(row[key] for key in group_by), []).append(index)
+    groups = group_runs(runs, group_by)
     rows = []
-    for values in sorted(groups, key=lambda vs: [sort_key(v) for v in vs]):
-        members = runs.loc[groups[values]]
+    for values, indices in groups.items():
+        members = runs.loc[indices]
         status = members["status"]
         row: dict[str, Any] = dict(zip(group_by, values, strict=True))
         row.update(

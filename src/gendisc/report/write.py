@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -10,7 +11,12 @@ import pandas as pd
 
 from gendisc.report.plots import plot
 from gendisc.report.runs import default_group_by, default_metrics, is_seed_key, load_runs
-from gendisc.report.tables import aggregate, to_markdown
+from gendisc.report.tables import aggregate, code_version_warnings, to_markdown
+
+
+class CodeVersionWarning(UserWarning):
+    """The runs of one group come from different git commits or from a dirty tree."""
+
 
 # keys that name the method compared, in order of preference, for the plots' lines
 METHOD_KEYS = ("model", "experiment", "hparams_search")
@@ -60,7 +66,9 @@ def write_report(
 
     ``out`` defaults to the first directory. Returns the written paths by name: ``report.md``,
     ``report.csv`` (the aggregated table), ``runs.csv`` (one row per run) and one PNG per
-    (metric, x key): ``plot_<metric>_vs_<key>.png``.
+    (metric, x key): ``plot_<metric>_vs_<key>.png``. ``group_by`` takes override keys and
+    provenance keys (``run/git_sha``, ...). A group whose runs come from different git commits
+    (or a dirty tree) gets a ``CodeVersionWarning`` and a warning line in report.md.
     """
     directories = [directories] if isinstance(directories, str | Path) else list(directories)
     runs = load_runs(directories)
@@ -103,6 +111,12 @@ def write_report(
         "",
         to_markdown(table),
     ]
+    mixed = code_version_warnings(runs, group_by)
+    if mixed:
+        lines += ["", "## Warnings", ""]
+        lines += ["- **Warning**: " + line.replace("|", "\\|") for line in mixed]
+    for line in mixed:
+        warnings.warn(line, CodeVersionWarning, stacklevel=2)
     if images:
         lines += ["", "## Plots", ""]
         lines += [f"![{metric} vs {x_key or 'group'}]({name})" for metric, x_key, name in images]
