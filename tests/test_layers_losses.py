@@ -69,9 +69,14 @@ def test_minibatch_discrimination_hand_computed() -> None:
         ]
     )
     f = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    layer = MinibatchDiscrimination(2, num_kernels=2, kernel_dim=2)
+    bias = np.array([0.5, -0.25])
+    layer = MinibatchDiscrimination(2, num_kernels=2, kernel_dim=2, data_init=False)
     with torch.no_grad():
-        layer.T.copy_(torch.tensor(t, dtype=torch.float32))
+        # W = theta * exp(s) / ||theta[:, b, c]||: with s = log ||t[:, b, c]||, W = t
+        layer.theta.copy_(torch.tensor(t, dtype=torch.float32) * 3.0)
+        layer.log_weight_scale.copy_(torch.tensor(np.log(np.linalg.norm(t, axis=0))))
+        layer.bias.copy_(torch.tensor(bias))
+    np.testing.assert_allclose(layer.weight.detach().numpy(), t, atol=1e-6)
     out = layer(torch.tensor(f, dtype=torch.float32))
     assert out.shape == (3, 4) and layer.out_features == 4
 
@@ -91,15 +96,15 @@ def test_minibatch_discrimination_hand_computed() -> None:
     # M_2 = [[1, 2], [1.5, -0.75]]; o(x_0)_0 = exp(-(1 + 2)) + exp(-(0 + 2)).
     assert o[0, 0] == pytest.approx(math.exp(-3) + math.exp(-2))
     np.testing.assert_allclose(out[:, :2].detach().numpy(), f, atol=1e-6)
-    np.testing.assert_allclose(out[:, 2:].detach().numpy(), o, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 2:].detach().numpy(), o + bias, rtol=1e-5, atol=1e-6)
 
 
 def test_minibatch_discrimination_excludes_self() -> None:
-    layer = MinibatchDiscrimination(3, num_kernels=4, kernel_dim=2)
+    layer = MinibatchDiscrimination(3, num_kernels=4, kernel_dim=2, data_init=False)
     single = layer(torch.randn(1, 3))
-    assert torch.equal(single[:, 3:], torch.zeros(1, 4))  # no j != i
+    assert torch.equal(single[:, 3:], torch.full((1, 4), -1.0))  # no j != i: the bias, -1
     same = layer(torch.ones(5, 3))
-    assert torch.allclose(same[:, 3:], torch.full((5, 4), 4.0))  # 4 identical partners
+    assert torch.allclose(same[:, 3:], torch.full((5, 4), 4.0 - 1.0))  # 4 identical partners
 
 
 def _preacts(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -392,3 +397,88 @@ def test_ema_warmup_lowers_decay_for_early_updates():
     assert ema.current_decay() == pytest.approx(2 / 11)
     ema.load_state_dict({**ema.state_dict(), "num_updates": torch.tensor(10**7)})  # a checkpoint
     assert ema.current_decay() == pytest.approx(0.9999)
+
+
+def _mbd_with_weight(t: np.ndarray, bias: np.ndarray) -> MinibatchDiscrimination:
+    """A layer whose effective W is ``t`` (theta = t, s = log ||t[:, b, c]||) and bias ``bias``."""
+    a, b, c = t.shape
+    layer = MinibatchDiscrimination(a, num_kernels=b, kernel_dim=c, data_init=False)
+    with torch.no_grad():
+        layer.theta.copy_(torch.tensor(t, dtype=torch.float32))
+        layer.log_weight_scale.copy_(torch.tensor(np.log(np.linalg.norm(t, axis=0))))
+        layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return layer
+
+
+def test_minibatch_discrimination_against_a_reference_by_hand() -> None:
+    # A = 2, B = 1 kernel, C = 2: W = [[1, 0], [0, 2]] maps f to M = (f_0, 2 f_1).
+    layer = _mbd_with_weight(np.array([[[1.0, 0.0]], [[0.0, 2.0]]]), np.array([0.25]))
+    ref = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # M = (0, 0), (1, 2)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # M = (1, 0), (0, 2), (1, 2)
+    layer.eval().requires_grad_(False)
+    out = layer(x, reference=ref)
+    assert out.shape == (3, 3)
+    assert torch.equal(out[:, :2], x)
+    # o(x_i) = sum over the reference rows (no self term to drop, x_2 equals ref_1) + bias
+    hand = [
+        math.exp(-1) + math.exp(-2) + 0.25,  # |1-0|+|0-0| = 1, |1-1|+|0-2| = 2
+        math.exp(-2) + math.exp(-1) + 0.25,  # 0+2 = 2, 1+0 = 1
+        math.exp(-3) + math.exp(0) + 0.25,  # 1+2 = 3, 0
+    ]
+    np.testing.assert_allclose(out[:, 2].numpy(), hand, rtol=1e-6)
+    # an example's output is the same alone or in any batch: it never sees the others
+    assert torch.allclose(layer(x[1:2], reference=ref), out[1:2])
+    # without a reference: the batch itself, self excluded (the training maths, in any mode)
+    in_batch = layer(x)[:, 2]
+    np.testing.assert_allclose(
+        in_batch.numpy(),
+        [math.exp(-3) + math.exp(-2) + 0.25, math.exp(-3) + math.exp(-1) + 0.25,
+         math.exp(-2) + math.exp(-1) + 0.25],
+        rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_minibatch_discrimination_data_init_statistics() -> None:
+    from gendisc.nets.layers import needs_data_init
+
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(6, num_kernels=4, kernel_dim=3)
+    theta = layer.theta.detach().clone()
+    f = torch.randn(64, 6)
+    layer.eval()
+    layer(f)  # eval mode: no init
+    assert not bool(layer.initialized)
+    layer.train()
+    first = layer(f)  # the first training forward initialises, then computes with the init
+    assert bool(layer.initialized)
+    assert torch.allclose(layer(f), first, atol=1e-6)
+    # the documented statistics on the init batch: per kernel, the mean over examples of the
+    # L1 distance to the nearest other example is 2, and o is centred (bias = -mean sum c)
+    m = layer._project(f, layer.weight)  # (B, N, C)
+    dist = (m.unsqueeze(2) - m.unsqueeze(1)).abs().sum(-1)
+    dist = dist + torch.eye(64) * 1e9
+    nearest = dist.amin(dim=2).mean(dim=1)
+    assert torch.allclose(nearest, torch.full((4,), 2.0), rtol=1e-4)
+    o = first[:, 6:]
+    assert torch.allclose(o.mean(0), torch.zeros(4), atol=1e-5)
+    c = torch.exp(-dist).sum(2).t()  # the unbiased sum over the others (self: exp(-1e9) = 0)
+    assert torch.allclose(layer.bias, -c.mean(0), atol=1e-5)
+    # only the scales moved: theta untouched, one log-scale shift per kernel
+    assert torch.equal(layer.theta, theta)
+    assert (layer.log_weight_scale.std(dim=1) < 1e-6).all()
+    # the helpers cover it: data_dependent_init re-inits, needs_data_init / mark_initialized
+    fresh = MinibatchDiscrimination(6, num_kernels=4, kernel_dim=3)
+    assert needs_data_init(fresh)
+    mark_initialized(fresh)
+    assert not needs_data_init(fresh) and torch.equal(fresh.bias, torch.full((4,), -1.0))
+    fresh.train()(f)
+    assert torch.equal(fresh.bias, torch.full((4,), -1.0))  # marked: no init on the forward
+    data_dependent_init(fresh, f)
+    assert not needs_data_init(fresh)
+    assert torch.allclose(fresh(f)[:, 6:].mean(0), torch.zeros(4), atol=1e-5)
+    # the init is saved: a loaded layer does not re-initialise on its first training forward
+    loaded = MinibatchDiscrimination(6, num_kernels=4, kernel_dim=3)
+    loaded.load_state_dict(layer.state_dict())
+    assert torch.equal(loaded.train()(f * 3), layer(f * 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        MinibatchDiscrimination(6, 4, 3).train()(f[:1])

@@ -80,7 +80,7 @@ def test_classifier_interface(name: str, shape: tuple[int, int, int]) -> None:
     out = mbd(torch.cat([x, x[:1]]))  # a duplicated row: zero L1 distance inside the batch
     assert out.shape == (N + 1, K)
     out.sum().backward()
-    assert torch.isfinite(mbd.minibatch_disc.T.grad).all()
+    assert torch.isfinite(mbd.minibatch_disc.theta.grad).all()
     # the backbone (everything but head and minibatch_disc) is the same with and without MBD
     assert _backbone_keys(mbd) == _backbone_keys(net)
 
@@ -279,3 +279,81 @@ def test_conditional_generator_data_dependent_init_passes_labels() -> None:
     data_dependent_init(gen, z, y)
     assert bool(gen.net[-1].initialized)
     assert math.isfinite(gen(z, y).sum().item())
+
+
+def test_minibatch_reference_makes_evaluation_batch_independent() -> None:
+    from gendisc.errors import GendiscError
+
+    torch.manual_seed(0)
+    net = SalimansMLPDiscriminator((1, 8, 8), K, minibatch_discrimination=True)
+    assert net.minibatch_reference_size == 100  # the training batch size by default
+    data_dependent_init(net, torch.rand(100, 1, 8, 8) * 2 - 1)
+    x = torch.rand(1000, 1, 8, 8) * 2 - 1
+    net.eval()
+    with pytest.raises(GendiscError, match="set_minibatch_reference"):
+        net(x[:5])
+    with pytest.raises(ConfigError, match="mbd_reference_size=100"):
+        net.set_minibatch_reference(x[:50])
+    reference = torch.rand(100, 1, 8, 8) * 2 - 1
+    net.set_minibatch_reference(reference)
+    assert net.has_minibatch_reference()
+    with torch.no_grad():
+        whole = net(x)
+        for size in (50, 100, 1000):
+            chunked = torch.cat([net(part) for part in x.split(size)])
+            torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+        # by hand: backbone features of x and of the reference, the layer against the latter
+        feats = net.forward_features(x[:7])
+        h = net.minibatch_disc(feats[-1], reference=net.forward_features(reference)[-1])
+        torch.testing.assert_close(net.head(h), whole[:7], rtol=1e-5, atol=1e-5)
+        h_embed, feats_embed = net.embed(x[:7])
+        torch.testing.assert_close(h_embed, h)
+        assert all(torch.equal(a, b) for a, b in zip(feats_embed, feats, strict=True))
+
+    # the state dict carries the reference (with the layer: not part of the backbone)
+    assert {"minibatch_disc.reference", "minibatch_disc.reference_set"} <= set(net.state_dict())
+    loaded = SalimansMLPDiscriminator((1, 8, 8), K, minibatch_discrimination=True)
+    loaded.load_state_dict(net.state_dict())
+    assert loaded.has_minibatch_reference()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), whole)
+    # an EMA of the net copies the reference with the other buffers
+    twin = SalimansMLPDiscriminator((1, 8, 8), K, minibatch_discrimination=True)
+    ema = ExponentialMovingAverage(twin, decay=0.5)
+    assert not ema.shadow.has_minibatch_reference()
+    ema.update(net)
+    assert torch.equal(ema.shadow.minibatch_disc.reference, reference)
+    with pytest.raises(ConfigError, match="no minibatch discrimination"):
+        SalimansMLPDiscriminator((1, 8, 8), K).set_minibatch_reference(reference)
+
+
+def test_minibatch_discrimination_training_mode_uses_the_batch() -> None:
+    torch.manual_seed(0)
+    net = MLPClassifier((1, 8, 8), K, hidden=(16,), dropout=0.0, minibatch_discrimination=True)
+    net.set_minibatch_reference(torch.rand(100, 1, 8, 8))  # ignored in training mode
+    net.train()
+    x = torch.rand(12, 1, 8, 8) * 2 - 1
+    logits, feats = net.forward_with_features(x)
+    assert bool(net.minibatch_disc.initialized)  # the first training forward initialised it
+    f = feats[-1]
+    mbd = net.minibatch_disc
+    m = (f @ mbd.weight.flatten(1)).view(12, mbd.num_kernels, mbd.kernel_dim)
+    dist = (m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(-1)  # (N, N, B)
+    o = (torch.exp(-dist) * (1 - torch.eye(12)).unsqueeze(-1)).sum(1) + mbd.bias
+    torch.testing.assert_close(logits, net.head(torch.cat([f, o], dim=1)))
+    # in training mode an example's logits depend on its batch (the paper's layer)
+    assert not torch.allclose(net(x[:6])[:3], logits[:3])
+
+
+def test_minibatch_discrimination_ablation_reference_is_the_training_batch(make_cfg) -> None:
+    from gendisc.utils.build import build
+
+    cfg = make_cfg(["model=ssl_gan", "ablation=minibatch_discrimination", "data.batch_size=50"])
+    datamodule, model = build(cfg)
+    net = model.discriminator
+    assert net.minibatch_reference_size == 50 and not net.has_minibatch_reference()
+    # what the module does at fit start: real unlabeled training images in D's input space
+    datamodule.setup("fit")
+    net.set_minibatch_reference(datamodule.unlabeled_sample(net.minibatch_reference_size, seed=1))
+    assert net.has_minibatch_reference()
+    assert net.minibatch_disc.reference.min() >= -1 and net.minibatch_disc.reference.max() <= 1

@@ -3,18 +3,19 @@
 Every net has ``forward_features(x) -> list[Tensor]`` (one (N, F_i) tensor per hidden block,
 the last one the penultimate features), an optional ``minibatch_disc`` applied to the last
 features, a ``head`` producing ``num_classes`` logits, ``forward(x) -> logits`` and
-``forward_with_features(x) -> (logits, features)``. Everything except ``head.*`` and
-``minibatch_disc.*`` is the backbone. Conv nets report global-average-pooled feature maps.
+``forward_with_features(x) -> (logits, features)`` and ``embed(x) -> (h, features)`` (h: the
+head's input). Everything except ``head.*`` and ``minibatch_disc.*`` is the backbone. Conv nets report global-average-pooled feature maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from gendisc.errors import ConfigError
+from gendisc.errors import ConfigError, GendiscError
 from gendisc.nets.layers import (
     GaussianNoise,
     MinibatchDiscrimination,
@@ -83,8 +84,20 @@ def _down(size: int, stride: int, kernel: int = 3, padding: int = 1) -> int:
 
 
 class _Classifier(nn.Module):
-    """Shared head logic: features -> [minibatch discrimination] -> head."""
+    """Shared head logic: features -> [minibatch discrimination] -> head.
 
+    With minibatch discrimination, training mode compares each example with the others of its
+    batch (the paper). Eval mode compares it with a fixed reference batch of real training
+    images instead, the way virtual batch norm does: ``embed`` runs ``cat([reference, x])``
+    through the backbone and the layer computes o(x_i) against the reference rows only, so an
+    example's logits do not depend on its evaluation batch and the sum runs over as many
+    examples as in training. The reference (``mbd_reference_size`` inputs of this net, in its
+    input space) is set by ``set_minibatch_reference`` and saved in the state dict (keys
+    ``minibatch_disc.reference`` / ``minibatch_disc.reference_set``, with the layer, so that a
+    backbone transfer leaves it behind).
+    """
+
+    in_shape: tuple[int, ...]
     minibatch_disc: MinibatchDiscrimination | None
     head: nn.Module
     feature_dim: int
@@ -97,26 +110,94 @@ class _Classifier(nn.Module):
         minibatch_discrimination: bool,
         mbd_kernels: int,
         mbd_dim: int,
+        mbd_reference_size: int = 100,
         **linear_kwargs: object,
     ) -> None:
         self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         width = self.feature_dim
         if minibatch_discrimination:
-            self.minibatch_disc = MinibatchDiscrimination(width, mbd_kernels, mbd_dim)
+            if int(mbd_reference_size) < 1:
+                raise ConfigError(
+                    f"mbd_reference_size={mbd_reference_size}: minibatch discrimination needs "
+                    "a reference batch of at least 1 image in eval mode; use the training "
+                    "batch size (100 in the paper)"
+                )
+            self.minibatch_disc = MinibatchDiscrimination(
+                width,
+                mbd_kernels,
+                mbd_dim,
+                reference_shape=(int(mbd_reference_size), *self.in_shape),
+            )
             width = self.minibatch_disc.out_features
         else:
             self.minibatch_disc = None
         self.head = _linear(width, self.num_classes, **linear_kwargs)  # type: ignore[arg-type]
 
+    @property
+    def minibatch_reference_size(self) -> int:
+        """Images in the minibatch-discrimination reference batch (0 without the layer)."""
+        mbd = self.minibatch_disc
+        return 0 if mbd is None else int(mbd.reference.shape[0])
+
+    def has_minibatch_reference(self) -> bool:
+        """Whether the minibatch-discrimination reference batch is set (set or loaded)."""
+        mbd = self.minibatch_disc
+        return mbd is not None and bool(mbd.reference_set)
+
+    @torch.no_grad()
+    def set_minibatch_reference(self, images: Tensor) -> None:
+        """Store ``images`` (``minibatch_reference_size`` real training images in the net's
+        input space, e.g. ``datamodule.unlabeled_sample(n)``) as the reference batch that
+        minibatch discrimination compares examples with in eval mode."""
+        mbd = self.minibatch_disc
+        if mbd is None:
+            raise ConfigError(
+                "set_minibatch_reference: this net has no minibatch discrimination "
+                "(minibatch_discrimination=false); only call it when net.minibatch_disc is set"
+            )
+        expected = tuple(mbd.reference.shape)
+        if tuple(images.shape) != expected:
+            raise ConfigError(
+                f"set_minibatch_reference: got images of shape {tuple(images.shape)}, expected "
+                f"{expected} (mbd_reference_size={expected[0]} inputs of shape {self.in_shape}); "
+                "pass that many images or change the net's mbd_reference_size"
+            )
+        if not torch.isfinite(images).all():
+            raise ConfigError("set_minibatch_reference: the reference images contain NaN/inf")
+        mbd.reference.copy_(images)
+        mbd.reference_set.fill_(True)
+
     def forward_features(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
+    def embed(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(h, features)``: the head's input h (the last features, after minibatch
+        discrimination when the net has it) and the ``forward_features`` list of ``x``, from
+        one pass. In eval mode minibatch discrimination compares x with the reference batch."""
+        mbd = self.minibatch_disc
+        if mbd is None:
+            feats = self.forward_features(x)
+            return feats[-1], feats
+        if self.training:
+            feats = self.forward_features(x)
+            return mbd(feats[-1]), feats
+        if not bool(mbd.reference_set):
+            raise GendiscError(
+                "minibatch discrimination in eval mode compares each example with a fixed "
+                "reference batch of real training images, and this net has none: call "
+                f"net.set_minibatch_reference(images) with {self.minibatch_reference_size} "
+                "training images in the net's input space (e.g. "
+                "datamodule.unlabeled_sample(net.minibatch_reference_size)) before evaluating; "
+                "a checkpoint trained with it carries the reference"
+            )
+        r = mbd.reference.shape[0]
+        both = self.forward_features(torch.cat([mbd.reference.to(x.dtype), x]))
+        feats = [f[r:] for f in both]
+        return mbd(feats[-1], reference=both[-1][:r]), feats
+
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Logits and the ``forward_features`` list from one pass."""
-        feats = self.forward_features(x)
-        h = feats[-1]
-        if self.minibatch_disc is not None:
-            h = self.minibatch_disc(h)
+        """Logits and the ``forward_features`` list from one pass (``head(embed(x)[0])``)."""
+        h, feats = self.embed(x)
         return self.head(h), feats
 
     def forward(self, x: Tensor) -> Tensor:
@@ -142,6 +223,7 @@ class MLPClassifier(_Classifier):
         minibatch_discrimination: bool = False,
         mbd_kernels: int = 100,
         mbd_dim: int = 5,
+        mbd_reference_size: int = 100,
         spectral_norm: bool = False,
         train_hidden_scale: bool = True,
         head_init_scale: float = 1.0,
@@ -179,6 +261,7 @@ class MLPClassifier(_Classifier):
             minibatch_discrimination,
             mbd_kernels,
             mbd_dim,
+            mbd_reference_size=mbd_reference_size,
             weight_norm=weight_norm,
             spectral_norm=spectral_norm,
             init_scale=head_init_scale,
@@ -211,6 +294,7 @@ class SalimansMLPDiscriminator(MLPClassifier):
         minibatch_discrimination: bool = False,
         mbd_kernels: int = 100,
         mbd_dim: int = 5,
+        mbd_reference_size: int = 100,
         train_hidden_scale: bool = False,
     ) -> None:
         super().__init__(
@@ -225,6 +309,7 @@ class SalimansMLPDiscriminator(MLPClassifier):
             minibatch_discrimination=minibatch_discrimination,
             mbd_kernels=mbd_kernels,
             mbd_dim=mbd_dim,
+            mbd_reference_size=mbd_reference_size,
             train_hidden_scale=train_hidden_scale,
             head_init_scale=1.0,
         )
@@ -253,6 +338,7 @@ class ConvNet(_Classifier):
         minibatch_discrimination: bool = False,
         mbd_kernels: int = 100,
         mbd_dim: int = 5,
+        mbd_reference_size: int = 100,
     ) -> None:
         super().__init__()
         _check_norms(weight_norm, spectral_norm)
@@ -283,6 +369,7 @@ class ConvNet(_Classifier):
             minibatch_discrimination,
             mbd_kernels,
             mbd_dim,
+            mbd_reference_size=mbd_reference_size,
             weight_norm=weight_norm,
             spectral_norm=spectral_norm,
         )
@@ -349,6 +436,7 @@ class ResNet(_Classifier):
         minibatch_discrimination: bool = False,
         mbd_kernels: int = 100,
         mbd_dim: int = 5,
+        mbd_reference_size: int = 100,
     ) -> None:
         super().__init__()
         self.in_shape = as_shape(in_shape)
@@ -375,6 +463,7 @@ class ResNet(_Classifier):
             minibatch_discrimination,
             mbd_kernels,
             mbd_dim,
+            mbd_reference_size=mbd_reference_size,
             spectral_norm=spectral_norm,
         )
 
@@ -410,6 +499,7 @@ class SalimansConvDiscriminator(_Classifier):
         minibatch_discrimination: bool = False,
         mbd_kernels: int = 100,
         mbd_dim: int = 5,
+        mbd_reference_size: int = 100,
         train_hidden_scale: bool = False,
     ) -> None:
         super().__init__()
@@ -462,6 +552,7 @@ class SalimansConvDiscriminator(_Classifier):
             minibatch_discrimination,
             mbd_kernels,
             mbd_dim,
+            mbd_reference_size=mbd_reference_size,
             weight_norm=True,
             init_scale=0.1,
             weight_init_std=0.05,

@@ -75,36 +75,134 @@ class GaussianNoise(nn.Module):
 
 
 class MinibatchDiscrimination(nn.Module):
-    """Minibatch discrimination (Salimans et al. 2016, section 3.2).
+    """Minibatch discrimination (Salimans et al. 2016, section 3.2) with the parametrisation,
+    bias and data-dependent init of the authors' ``MinibatchLayer``.
 
-    With T in R^{A x B x C}: M_i = f(x_i) T in R^{B x C},
-    c_b(i, j) = exp(-||M_{i,b} - M_{j,b}||_1), o(x_i)_b = sum_{j != i} c_b(i, j).
-    Returns ``cat([f, o], dim=1)`` of width A + B. No bias (the paper's formula).
+    For features f (N, A): M_i = f_i W in R^{B x C} with
+    W[a, b, c] = theta[a, b, c] * exp(s[b, c]) / ||theta[:, b, c]||_2,
+    c_b(i, j) = exp(-||M_{i,b} - M_{j,b}||_1) and o(x_i)_b = sum_{j != i} c_b(i, j) + bias_b.
+    Returns ``cat([f, o], dim=1)`` of width A + B.
+
+    The paper gives only the formula; as in the authors' code, each (kernel, dimension) column of
+    theta (~ N(0, ``init_std``^2), 0.05) is normalised over the inputs and scaled by exp of a
+    learned log scale s (init 0), so the distance scale is one parameter per column rather than
+    the norm of a large tensor, and each kernel has a bias (init -1). Data-dependent init (the
+    authors' ``init=True`` pass), on the first training forward while the ``initialized``
+    buffer is False: with d_b the mean over i of min_{j != i} ||M_{i,b} - M_{j,b}||_1 on the
+    batch, s[b, :] -= log(d_b / 2), which rescales the distances so that an example's nearest
+    neighbour lies at distance 2 on average (c about exp(-2), neither 0 nor 1, where the
+    gradient is useful), then bias_b = -mean_i sum_{j != i} c_b(i, j), which centres o on
+    that batch. ``data_init=False``: no init (s = 0, bias = -1).
+
+    ``forward(f, reference=r)`` compares each row of f with the rows of r (features of a fixed
+    reference batch) instead of with the other rows of f: o(x_i)_b = sum_j c_b(i, r_j) + bias_b
+    (no self term to drop); the owning net uses this in eval mode so that an example's output
+    does not depend on its evaluation batch. ``reference_shape`` (n, *input shape) adds the
+    buffers ``reference`` (n reference inputs of the owning net, filled by its
+    ``set_minibatch_reference``) and ``reference_set``; the layer only stores them, so that
+    they live, load and transfer with the layer.
     """
 
+    initialized: Tensor
+    reference: Tensor
+    reference_set: Tensor
+
     def __init__(
-        self, in_features: int, num_kernels: int = 100, kernel_dim: int = 5, init_std: float = 0.05
+        self,
+        in_features: int,
+        num_kernels: int = 100,
+        kernel_dim: int = 5,
+        init_std: float = 0.05,
+        data_init: bool = True,
+        reference_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.in_features = int(in_features)
         self.num_kernels = int(num_kernels)
         self.kernel_dim = int(kernel_dim)
+        if min(self.in_features, self.num_kernels, self.kernel_dim) < 1:
+            raise ConfigError(
+                "minibatch discrimination needs mbd_kernels >= 1 and mbd_dim >= 1, got "
+                f"mbd_kernels={num_kernels}, mbd_dim={kernel_dim}"
+            )
         self.out_features = self.in_features + self.num_kernels
-        self.T = nn.Parameter(
+        self.data_init = bool(data_init)
+        self.theta = nn.Parameter(
             torch.randn(self.in_features, self.num_kernels, self.kernel_dim) * init_std
         )
+        self.log_weight_scale = nn.Parameter(torch.zeros(self.num_kernels, self.kernel_dim))
+        self.bias = nn.Parameter(torch.full((self.num_kernels,), -1.0))
+        self.register_buffer("initialized", torch.tensor(not self.data_init))
+        self._init_seen = False  # Python-side cache to avoid a device sync per forward
+        if reference_shape is not None:
+            shape = as_shape(reference_shape)
+            self.register_buffer("reference", torch.zeros(shape))
+            self.register_buffer("reference_set", torch.tensor(False))
 
-    def forward(self, f: Tensor) -> Tensor:
+    @property
+    def weight(self) -> Tensor:
+        """The effective W (A, B, C): theta normalised per column, times exp(log_weight_scale)."""
+        norm = torch.linalg.vector_norm(self.theta, dim=0, keepdim=True).clamp_min(1e-12)
+        return self.theta * (self.log_weight_scale.exp().unsqueeze(0) / norm)
+
+    def _project(self, f: Tensor, weight: Tensor) -> Tensor:
+        """(B, N, C): M_{i,b} for every kernel b and example i."""
+        m = (f @ weight.flatten(1)).view(f.shape[0], self.num_kernels, self.kernel_dim)
+        return m.transpose(0, 1)
+
+    def is_initialized(self) -> bool:
+        """Whether the data-dependent init has run (or is off, or was loaded)."""
+        if not self._init_seen:
+            self._init_seen = bool(self.initialized)
+        return self._init_seen
+
+    def reset_initialization(self) -> None:
+        """Mark the layer uninitialised so that the next training forward re-runs the init."""
+        self.initialized.fill_(False)
+        self._init_seen = False
+
+    @torch.no_grad()
+    def _initialize(self, f: Tensor) -> None:
         n = f.shape[0]
-        m = (f @ self.T.flatten(1)).view(n, self.num_kernels, self.kernel_dim)  # (N, B, C)
-        m = m.transpose(0, 1)  # (B, N, C)
-        dist = torch.cdist(m, m, p=1.0)  # (B, N, N): L1 distances per kernel
-        off_diag = 1.0 - torch.eye(n, device=f.device, dtype=f.dtype)
-        o = (torch.exp(-dist) * off_diag).sum(dim=2).transpose(0, 1)  # (N, B)
+        if n < 2:
+            raise ValueError(
+                "minibatch discrimination's data-dependent init needs a batch of at least 2 "
+                f"examples, got {n}"
+            )
+        m = self._project(f, self.weight)
+        dist = torch.cdist(m, m, p=1.0)  # (B, N, N)
+        eye = torch.eye(n, dtype=torch.bool, device=f.device)
+        half_mean_min = 0.5 * dist.masked_fill(eye, float("inf")).amin(dim=2).mean(dim=1)
+        half_mean_min = half_mean_min.clamp_min(1e-8)  # (B,)
+        self.log_weight_scale.sub_(half_mean_min.log().unsqueeze(1))
+        c = torch.exp(-dist / half_mean_min.view(-1, 1, 1)).masked_fill(eye, 0.0)
+        self.bias.copy_(-c.sum(dim=2).mean(dim=1))
+        self.initialized.fill_(True)
+        self._init_seen = True
+
+    def forward(self, f: Tensor, reference: Tensor | None = None) -> Tensor:
+        if reference is None and self.training and not self.is_initialized():
+            self._initialize(f)
+        weight = self.weight
+        m = self._project(f, weight)  # (B, N, C)
+        if reference is None:
+            dist = torch.cdist(m, m, p=1.0)  # (B, N, N): L1 distances per kernel
+            eye = torch.eye(f.shape[0], dtype=torch.bool, device=f.device)
+            c = torch.exp(-dist).masked_fill(eye, 0.0)
+        else:
+            c = torch.exp(-torch.cdist(m, self._project(reference, weight), p=1.0))  # (B, N, R)
+        o = c.sum(dim=2).transpose(0, 1) + self.bias  # (N, B)
         return torch.cat([f, o], dim=1)
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_kernels={self.num_kernels}, kernel_dim={self.kernel_dim}"
+        return (
+            f"in_features={self.in_features}, num_kernels={self.num_kernels}, "
+            f"kernel_dim={self.kernel_dim}"
+        )
 
 
 class _WeightNormBase(nn.Module):
@@ -312,8 +410,14 @@ class WeightNormConvTranspose2d(_WeightNormBase):
         )
 
 
-def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _WeightNormBase]]:
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, _WeightNormBase)]
+_DataInitLayer = _WeightNormBase | MinibatchDiscrimination
+
+
+def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _DataInitLayer]]:
+    """(name, layer) for every layer of ``net`` with a data-dependent init: the weight-norm
+    layers and minibatch discrimination (each has ``initialized``, ``data_init``,
+    ``reset_initialization()`` and initialises on a training forward while uninitialised)."""
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, _DataInitLayer)]
 
 
 @contextmanager
@@ -322,7 +426,11 @@ def weight_norm_once(net: nn.Module) -> Iterator[None]:
     ``g * v / ||v||`` once and reuses it in every forward pass (one autograd node whose gradient
     sums over the passes: the same maths as recomputing it per pass). Do not step an optimiser
     of ``net`` inside the block. Nested blocks reuse the outer block's weights."""
-    layers = [layer for _, layer in _weight_norm_layers(net) if layer.is_initialized()]
+    layers = [
+        layer
+        for _, layer in _weight_norm_layers(net)
+        if isinstance(layer, _WeightNormBase) and layer.is_initialized()
+    ]
     for layer in layers:
         if layer._cache_depth == 0:
             layer._weight_cache = layer.weight
@@ -344,7 +452,8 @@ def has_batch_dependent_layers(net: nn.Module) -> bool:
 
 
 def data_dependent_init(net: nn.Module, batch: Tensor, *args: Any, **kwargs: Any) -> None:
-    """(Re-)initialise every weight-norm layer of ``net`` from one batch.
+    """(Re-)initialise every layer of ``net`` with a data-dependent init (weight norm, minibatch
+    discrimination) from one batch.
 
     Marks the layers built with ``data_init=True`` uninitialised, runs ``net(batch, *args,
     **kwargs)`` once under ``no_grad`` in train mode (so the layers initialise in order, each
@@ -365,19 +474,20 @@ def data_dependent_init(net: nn.Module, batch: Tensor, *args: Any, **kwargs: Any
         net.train(was_training)
     missing = [name for name, layer in layers if not bool(layer.initialized)]
     if missing:
-        raise RuntimeError(f"weight-norm layers not reached by the init forward pass: {missing}")
+        raise RuntimeError(f"data-init layers not reached by the init forward pass: {missing}")
 
 
 def needs_data_init(net: nn.Module) -> bool:
-    """Whether some weight-norm layer of ``net`` still waits for its data-dependent init
-    (False after the init, and after loading a checkpoint that had it)."""
+    """Whether some layer of ``net`` (weight norm, minibatch discrimination) still waits for
+    its data-dependent init (False after the init, and after loading a checkpoint that had it)."""
     return any(
         layer.data_init and not bool(layer.initialized) for _, layer in _weight_norm_layers(net)
     )
 
 
 def mark_initialized(net: nn.Module) -> None:
-    """Mark every weight-norm layer of ``net`` initialised (e.g. before loading weights)."""
+    """Mark every data-init layer of ``net`` (weight norm, minibatch discrimination)
+    initialised, e.g. before loading weights or to skip the init (their initial values)."""
     for _, layer in _weight_norm_layers(net):
         layer.initialized.fill_(True)
         layer._init_seen = True
