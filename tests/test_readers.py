@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import os
 import pickle
 import struct
@@ -62,16 +64,34 @@ def _need_real(name: str) -> Path:
     return DATA_DIR
 
 
-def test_mnist_real_files():
+@pytest.fixture
+def warnings_log(monkeypatch, caplog):
+    """The readers' warnings, each file warned about afresh (not once per test session)."""
+    monkeypatch.setattr(readers, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger=readers.__name__)
+    return caplog
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_mnist_real_files(warnings_log):
     s = read_idx_dataset(_need_real("MNIST"), "MNIST")
+    assert not warnings_log.records  # byte-identical to the published files: verified
     _check_splits(s, 1, 28, 10)
     assert len(s.train_images) == 60000 and len(s.test_images) == 10000
     assert s.train_labels[0] == 5 and s.test_labels[0] == 7
 
 
-def test_fashion_mnist_real_files_via_dispatch():
+def test_fashion_mnist_real_files_via_dispatch(warnings_log):
     s = read_dataset("fashion_mnist", _need_real("FashionMNIST"))
     _check_splits(s, 1, 28, 10)
+    # Debian's re-compressed copies: other MD5s, same data; read with a warning per file
+    warned = " ".join(r.getMessage() for r in warnings_log.records)
+    for name in readers.IDX_MD5["FashionMNIST"]:
+        assert f"FashionMNIST/raw/{name} is not the published file" in warned
+    assert "data.download=true" in warned
     assert len(s.train_images) == 60000 and len(s.test_images) == 10000
     assert np.bincount(s.train_labels).tolist() == [6000] * 10
     assert s.class_names[0] == "T-shirt/top" and s.class_names[9] == "Ankle boot"
@@ -82,7 +102,8 @@ def _idx_bytes(arr: np.ndarray) -> bytes:
     return struct.pack(f">{arr.ndim + 1}I", magic, *arr.shape) + arr.astype(np.uint8).tobytes()
 
 
-def _write_idx_set(raw: Path, n_train: int = 6, n_test: int = 4, compress: bool = False) -> None:
+def _write_idx_set(raw: Path, n_train: int = 6, n_test: int = 4, compress: bool = False) -> dict:
+    """Write a tiny IDX set to ``raw``; return {file name: MD5}."""
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     arrays = {
@@ -94,9 +115,10 @@ def _write_idx_set(raw: Path, n_train: int = 6, n_test: int = 4, compress: bool 
     for name, arr in arrays.items():
         data = _idx_bytes(arr)
         if compress:
-            (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            (raw / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
         else:
             (raw / name).write_bytes(data)
+    return {f.name: _md5(f) for f in raw.iterdir()}
 
 
 def test_idx_decompressed_files_are_read(tmp_path):
@@ -120,8 +142,30 @@ def test_idx_corrupt_file_names_the_file(tmp_path, damage):
     _write_idx_set(raw, compress=True)
     bad = raw / "train-images-idx3-ubyte.gz"
     bad.write_bytes(gzip.compress(damage(gzip.decompress(bad.read_bytes()))))
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*[Dd]elete"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*[Dd]elete") as info:
         read_idx_dataset(tmp_path, "MNIST")
+    assert "the published one is f68b3c2dcbeaaa9fbdd348bbdeb94873" in str(info.value)
+    assert "data.download=true" in str(info.value)
+
+
+def test_hand_placed_files_with_other_checksums_are_read_with_a_warning(tmp_path, warnings_log):
+    raw = tmp_path / "KMNIST" / "raw"
+    _write_idx_set(raw, compress=True)
+    s = read_idx_dataset(tmp_path, "KMNIST")
+    assert len(s.train_images) == 6
+    assert len(warnings_log.records) == 4
+    message = warnings_log.records[0].getMessage()
+    assert str(raw / "train-images-idx3-ubyte.gz") in message
+    assert "the published one is bdb82020997e1d708af4cf47b453dcf7" in message
+    read_idx_dataset(tmp_path, "KMNIST")
+    assert len(warnings_log.records) == 4  # once per file and process
+
+
+def test_a_published_checksum_silences_the_warning(tmp_path, monkeypatch, warnings_log):
+    md5s = _write_idx_set(tmp_path / "MNIST" / "raw", compress=True)
+    monkeypatch.setitem(readers.IDX_MD5, "MNIST", md5s)
+    assert len(read_idx_dataset(tmp_path, "MNIST").test_labels) == 4
+    assert not warnings_log.records
 
 
 def test_idx_truncated_gzip_stream(tmp_path):
@@ -151,14 +195,34 @@ def test_missing_dataset_without_download(tmp_path):
             read_dataset(name, tmp_path)
 
 
-def test_download_from_mirror(tmp_path, monkeypatch):
+def test_mirrors_are_https():
+    urls = [*readers.IDX_MIRRORS.values(), readers.CIFAR10_URL, readers.SVHN_URL]
+    assert all(url.startswith("https://") for url in urls)
+
+
+def test_download_from_mirror_is_verified(tmp_path, monkeypatch, warnings_log):
     mirror = tmp_path / "mirror"
-    _write_idx_set(mirror, compress=True)
+    md5s = _write_idx_set(mirror, compress=True)
     monkeypatch.setitem(readers.IDX_MIRRORS, "MNIST", mirror.as_uri() + "/")
+    monkeypatch.setitem(readers.IDX_MD5, "MNIST", md5s)
     s = read_idx_dataset(tmp_path / "data", "MNIST", download=True)
     assert len(s.train_images) == 6
     assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
     assert not list((tmp_path / "data").rglob("*.part"))
+    assert not warnings_log.records
+
+
+def test_download_with_another_checksum_is_refused(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    md5s = _write_idx_set(mirror, compress=True)
+    monkeypatch.setitem(readers.IDX_MIRRORS, "MNIST", mirror.as_uri() + "/")
+    monkeypatch.setitem(readers.IDX_MD5, "MNIST", {**md5s, "train-images-idx3-ubyte.gz": "0" * 32})
+    with pytest.raises(DataError, match=r"MD5 [0-9a-f]{32}, not the published 0{32}") as info:
+        read_idx_dataset(tmp_path / "data", "MNIST", download=True)
+    assert "train-images-idx3-ubyte.gz" in str(info.value)
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    assert not (raw / "train-images-idx3-ubyte.gz").exists()
+    assert not list(raw.rglob("*.part"))
 
 
 def test_download_failure_says_where_to_put_files(tmp_path, monkeypatch):
@@ -173,39 +237,86 @@ def test_download_failure_says_where_to_put_files(tmp_path, monkeypatch):
 # ---- CIFAR-10 and SVHN (small fake files) -----------------------------------------------------
 
 
-def test_cifar10_fake_batches(tmp_path, monkeypatch):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+def _fake_cifar(folder: Path) -> dict[str, str]:
+    """Six tiny CIFAR-10 batches in ``folder``; return {batch name: MD5}."""
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    for name in readers.CIFAR10_BATCH_MD5:
         batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}
         (folder / name).write_bytes(pickle.dumps(batch))
+    return {f.name: _md5(f) for f in folder.iterdir()}
+
+
+def test_cifar10_fake_batches(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    monkeypatch.setattr(readers, "CIFAR10_BATCH_MD5", _fake_cifar(folder))
     s = read_cifar10(tmp_path)
     _check_splits(s, 3, 32, 10)
     assert len(s.train_images) == 20 and len(s.test_images) == 4
-    with tarfile.open(tmp_path / "mirror.tar.gz", "w:gz") as tar:
+    second = pickle.loads((folder / "data_batch_2").read_bytes())[b"data"]
+    assert np.array_equal(s.train_images[4:8].reshape(4, -1), second)  # (N, 3072) -> (N, C, H, W)
+    archive = tmp_path / "mirror.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
-    monkeypatch.setattr(readers, "CIFAR10_URL", (tmp_path / "mirror.tar.gz").as_uri())
-    fresh = read_cifar10(tmp_path / "data", download=True)  # download + extract
+    monkeypatch.setattr(readers, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(readers, "CIFAR10_MD5", _md5(archive))
+    fresh = read_cifar10(tmp_path / "data", download=True)  # download, verify, extract
     assert np.array_equal(fresh.test_images, s.test_images)
-    (folder / "test_batch").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="test_batch"):
+    monkeypatch.setattr(readers, "CIFAR10_MD5", "0" * 32)
+    with pytest.raises(DataError, match=r"not the published 0{32}"):
+        read_cifar10(tmp_path / "other", download=True)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the folder ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_cifar10_unpublished_pickle_is_never_unpickled(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    monkeypatch.setattr(readers, "CIFAR10_BATCH_MD5", _fake_cifar(folder))
+    marker = tmp_path / "code_ran"
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Payload(marker)}))
+    with pytest.raises(DataError, match=r"test_batch is not the published CIFAR-10 batch") as info:
         read_cifar10(tmp_path)
+    assert not marker.exists()
+    assert "data.download=true" in str(info.value) and str(folder) in str(info.value)
 
 
-def test_svhn_fake_mat(tmp_path):
+def _fake_svhn(folder: Path) -> dict[str, str]:
     from scipy.io import savemat
 
-    folder = tmp_path / "SVHN"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     x = np.zeros((32, 32, 3, 3), dtype=np.uint8)
     x[0, 1, 2, 1] = 200  # image 1, channel 2, row 0, column 1
     for split in ("train", "test"):
         savemat(folder / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [1], [9]])})
+    return {f.name: _md5(f) for f in folder.iterdir()}
+
+
+def test_svhn_fake_mat(tmp_path, warnings_log):
+    _fake_svhn(tmp_path / "SVHN")
     s = read_svhn(tmp_path)
     _check_splits(s, 3, 32, 10)
     assert s.train_labels.tolist() == [0, 1, 9]
     assert s.train_images[1, 2, 0, 1] == 200
+    assert "train_32x32.mat is not the published file" in warnings_log.text  # made here
+    (tmp_path / "SVHN" / "test_32x32.mat").write_bytes(b"MATLAB 5.0 garbage")
+    with pytest.raises(DataError, match=r"test_32x32\.mat.*published one is eb5a983b.*[Dd]elete"):
+        read_svhn(tmp_path)
+
+
+def test_svhn_download_is_verified(tmp_path, monkeypatch, warnings_log):
+    mirror = tmp_path / "mirror"
+    monkeypatch.setattr(readers, "SVHN_MD5", _fake_svhn(mirror))
+    monkeypatch.setattr(readers, "SVHN_URL", mirror.as_uri() + "/")
+    s = read_svhn(tmp_path / "data", download=True)
+    assert s.test_labels.tolist() == [0, 1, 9] and not warnings_log.records
 
 
 # ---- MedMNIST -----------------------------------------------------------------------------

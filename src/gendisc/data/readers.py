@@ -3,11 +3,18 @@
 Every reader returns an :class:`ImageSplits`: uint8 images of shape (N, C, H, W) with values
 0..255 and int64 labels 0..K-1. Readers never need torch. Anything wrong with the files on disk
 raises :class:`~gendisc.errors.DataError` whose message names the path and says how to fix it.
+
+Downloads go over https and are checked against the published MD5s; a file placed by hand with
+another checksum is read with a warning if it parses (CIFAR-10's pickles only when they match).
+Hand-written rather than torchvision's classes, which refuse a hand-placed .gz whose MD5 differs
+from upstream's (e.g. Debian's re-compressed Fashion-MNIST) and read IDX only once decompressed.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
 import os
 import pickle
 import tarfile
@@ -44,13 +51,49 @@ DATASET_NAMES = (
     "image_folder",
 )
 
+log = logging.getLogger(__name__)
+
+# where each dataset is downloaded from (https only) and the MD5s its authors published
 IDX_MIRRORS = {
     "MNIST": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "FashionMNIST": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "KMNIST": "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    "FashionMNIST": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "KMNIST": "https://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+}
+IDX_MD5 = {
+    "MNIST": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "FashionMNIST": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "KMNIST": {
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    },
 }
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+SVHN_URL = "https://ufldl.stanford.edu/housenumbers/"
+SVHN_MD5 = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+}
 
 IDX_CLASS_NAMES = {
     "MNIST": [str(i) for i in range(10)],
@@ -130,21 +173,73 @@ class ImageSplits:
 # helpers
 
 
-def _download(url: str, dest: Path, dataset: str) -> None:
-    """Download ``url`` to ``dest`` through a temporary file; DataError on any failure."""
+def md5sum(path: Path) -> str:
+    """The MD5 of a file, as datasets publish it (read in 1 MiB chunks)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_MD5_CACHE: dict[tuple[str, int, int], str] = {}  # (path, size, mtime): MD5, per process
+_WARNED: set[str] = set()  # files already warned about in this process
+
+
+def _md5_cached(path: Path) -> str:
+    """The MD5 of ``path``, computed once per process while the file is unchanged."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MD5_CACHE:
+        _MD5_CACHE[key] = md5sum(path)
+    return _MD5_CACHE[key]
+
+
+def _checksum_differs(path: Path, expected: str | None) -> str | None:
+    """None when ``path`` has the published MD5 ``expected``; else why it is unverified."""
+    if expected is None:
+        return "no published checksum for this file"
+    actual = _md5_cached(path)
+    return None if actual == expected else f"MD5 {actual}, the published one is {expected}"
+
+
+def _warn_unverified(path: Path, reason: str) -> None:
+    """Warn (once per process and file) that a file is read although unverified."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        log.warning(
+            "%s is not the published file (%s); it parses, so it is used. Delete it and "
+            "download it again (`data.download=true`) if you did not put it there on purpose.",
+            path,
+            reason,
+        )
+
+
+def _download(url: str, dest: Path, dataset: str, md5: str) -> None:
+    """Download ``url`` to ``dest`` through a temporary file and check its MD5; DataError on
+    any failure (nothing is left at ``dest`` then)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
+    digest = hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):
+                digest.update(chunk)
                 out.write(chunk)
-        os.replace(tmp, dest)
     except (OSError, HTTPException, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         raise DataError(
             f"Downloading {dataset} from {url} failed ({exc}). Download it by hand (from a "
             f"machine with internet access) and put it at {dest}. {_WHERE_HINT}"
         ) from exc
+    if digest.hexdigest() != md5:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"Downloading {dataset} from {url} gave a file with MD5 {digest.hexdigest()}, not "
+            f"the published {md5} (a damaged transfer or a changed mirror); it was deleted. "
+            f"Try again, or download it by hand and put it at {dest}."
+        )
+    os.replace(tmp, dest)
 
 
 def _missing(dataset: str, expected: list[Path], extra: str = "") -> DataError:
@@ -157,16 +252,19 @@ def _missing(dataset: str, expected: list[Path], extra: str = "") -> DataError:
     )
 
 
-def _corrupt(path: Path, reason: str) -> DataError:
-    """The error for a file that exists but cannot be used."""
+def _corrupt(path: Path, reason: str, unverified: str | None = None) -> DataError:
+    """The error for a file that exists but cannot be used (``unverified``: its checksum note)."""
+    if unverified:
+        reason = f"{reason}; {unverified}"
     return DataError(
         f"{path} is corrupt or truncated ({reason}). Delete it and download it again "
         f"(`data.download=true`) or copy it again from the original source."
     )
 
 
-def _read_idx(path: Path, expect_images: bool) -> np.ndarray:
-    """Parse one IDX file (optionally gzip-compressed) into a uint8 array."""
+def _read_idx(path: Path, expect_images: bool, unverified: str | None = None) -> np.ndarray:
+    """Parse one IDX file (optionally gzip-compressed) into a uint8 array (``unverified``: the
+    file's checksum note, added to any error)."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
@@ -174,17 +272,23 @@ def _read_idx(path: Path, expect_images: bool) -> np.ndarray:
         else:
             data = path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise _corrupt(path, f"cannot read it: {exc}") from exc
+        raise _corrupt(path, f"cannot read it: {exc}", unverified) from exc
     header_len, magic_expected = (16, 2051) if expect_images else (8, 2049)
     if len(data) < header_len:
-        raise _corrupt(path, f"{len(data)} bytes, shorter than the {header_len}-byte header")
+        raise _corrupt(
+            path, f"{len(data)} bytes, shorter than the {header_len}-byte header", unverified
+        )
     header = np.frombuffer(data, dtype=">u4", count=header_len // 4)
     if int(header[0]) != magic_expected:
-        raise _corrupt(path, f"magic number {int(header[0])}, expected {magic_expected}")
+        raise _corrupt(
+            path, f"magic number {int(header[0])}, expected {magic_expected}", unverified
+        )
     shape = tuple(int(v) for v in header[1:])
     expected_len = header_len + int(np.prod(shape))
     if len(data) != expected_len:
-        raise _corrupt(path, f"{len(data)} bytes, expected {expected_len} for shape {shape}")
+        raise _corrupt(
+            path, f"{len(data)} bytes, expected {expected_len} for shape {shape}", unverified
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -226,17 +330,22 @@ def read_idx_dataset(root: str | Path, name: str, download: bool = False) -> Ima
     paths: dict[str, Path] = {}
     for key, stem in _IDX_FILES.items():
         plain, gz = raw / stem, raw / f"{stem}.gz"
-        if plain.is_file():
-            paths[key] = plain
-        elif gz.is_file():
+        if gz.is_file():  # the published form, which has a checksum
             paths[key] = gz
+        elif plain.is_file():
+            paths[key] = plain
         elif download:
-            _download(IDX_MIRRORS[name] + gz.name, gz, name)
+            _download(IDX_MIRRORS[name] + gz.name, gz, name, IDX_MD5[name][gz.name])
             paths[key] = gz
         else:
             expected = [raw / f"{s}.gz" for s in _IDX_FILES.values()]
             raise _missing(name, expected, "(decompressed files without .gz are read too.)\n")
-    arrays = {key: _read_idx(p, key.endswith("images")) for key, p in paths.items()}
+    arrays = {}
+    for key, path in paths.items():
+        unverified = _checksum_differs(path, IDX_MD5[name].get(path.name))
+        arrays[key] = _read_idx(path, key.endswith("images"), unverified)
+        if unverified:
+            _warn_unverified(path, unverified)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
@@ -259,7 +368,8 @@ def read_idx_dataset(root: str | Path, name: str, download: bool = False) -> Ima
 def read_cifar10(root: str | Path, download: bool = False) -> ImageSplits:
     """CIFAR-10 (python pickle version) from ``<root>/cifar-10-batches-py/``.
 
-    The batches are pickles, so only point this at files from a source you trust.
+    The batches are pickles, which can run code when unpickled: each one is unpickled only
+    when its MD5 is the published one, and refused otherwise.
     """
     root = Path(root).expanduser()
     folder = root / "cifar-10-batches-py"
@@ -272,7 +382,7 @@ def read_cifar10(root: str | Path, download: bool = False) -> ImageSplits:
                 raise _missing(
                     "CIFAR-10", files, f"(or the archive {archive}, which is extracted.)\n"
                 )
-            _download(CIFAR10_URL, archive, "CIFAR-10")
+            _download(CIFAR10_URL, archive, "CIFAR-10", CIFAR10_MD5)
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 if hasattr(tarfile, "data_filter"):
@@ -288,8 +398,20 @@ def read_cifar10(root: str | Path, download: bool = False) -> ImageSplits:
     images, labels = [], []
     for f in files:
         try:
-            with open(f, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+            content = f.read_bytes()  # one read: the bytes checked are the bytes unpickled
+        except OSError as exc:
+            raise _corrupt(f, f"cannot read it: {exc}") from exc
+        actual = hashlib.md5(content, usedforsecurity=False).hexdigest()
+        if actual != CIFAR10_BATCH_MD5[f.name]:
+            raise DataError(
+                f"{f} is not the published CIFAR-10 batch (MD5 {actual}, the published one is "
+                f"{CIFAR10_BATCH_MD5[f.name]}). The batches are Python pickles, which gendisc "
+                f"unpickles only when they are the published files. Delete {folder} and "
+                f"download it again (`data.download=true`), or extract the original "
+                f"cifar-10-python.tar.gz into {root}."
+            )
+        try:
+            batch = pickle.loads(content, encoding="bytes")
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             lab = np.asarray(batch[b"labels"], dtype=np.int64)
         except Exception as exc:
@@ -318,14 +440,18 @@ def read_svhn(root: str | Path, download: bool = False) -> ImageSplits:
         if not f.is_file():
             if not download:
                 raise _missing("SVHN", files)
-            _download(SVHN_URL + f.name, f, "SVHN")
+            _download(SVHN_URL + f.name, f, "SVHN", SVHN_MD5[f.name])
+        unverified = _checksum_differs(f, SVHN_MD5[f.name])
         try:
             mat = loadmat(f)
             x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
         except Exception as exc:
-            raise _corrupt(f, f"not an SVHN .mat file with keys X and y: {exc!r}") from exc
+            reason = f"not an SVHN .mat file with keys X and y: {exc!r}"
+            raise _corrupt(f, reason, unverified) from exc
         if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
-            raise _corrupt(f, f"X has shape {x.shape} and y {y.shape}")
+            raise _corrupt(f, f"X has shape {x.shape} and y {y.shape}", unverified)
+        if unverified:
+            _warn_unverified(f, unverified)
         labels = _int_labels(y, f)
         labels[labels == 10] = 0
         splits.append((np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8), labels))
