@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,68 @@ def _unique_run_id() -> str:
     return f"{os.getpid()}-{secrets.token_hex(3)}"
 
 
+# metric names whose last recognised word (after the last "/", split on "_", "-", ".") is one
+# of these are minimised / maximised; any name containing "loss" is minimised
+MINIMISED = frozenset({"loss", "error", "err", "fid", "kid", "nll", "bpd"})
+MAXIMISED = frozenset({"acc", "accuracy", "f1", "precision", "recall", "auc", "elbo", "is", "cas"})
+MODES = ("min", "max")
+
+
+def derived_mode(metric: str) -> str | None:
+    """'min' or 'max' from a metric's name (``val/loss`` -> min, ``val/acc`` -> max), else None.
+
+    The last word of the name that is known decides (``val/acc_raw`` -> max).
+    """
+    name = str(metric).lower()
+    if "loss" in name:
+        return "min"
+    for word in reversed(re.split(r"[_\-.]", name.rsplit("/", 1)[-1])):
+        if word in MINIMISED:
+            return "min"
+        if word in MAXIMISED:
+            return "max"
+    return None
+
+
+def optimized_mode(metric: str | None, mode: str | None = None) -> str:
+    """Whether ``optimized_metric`` is minimised or maximised: 'min' or 'max'.
+
+    ``mode`` (``optimized_mode``) null: derived from the metric's name (``derived_mode``); a
+    name that says neither is a ConfigError asking for ``optimized_mode``. An explicit mode is
+    checked against the name (``optimized_mode=max`` with ``val/loss`` is refused). Without a
+    metric nothing is monitored: the explicit mode, else 'min'.
+    """
+    if mode is not None and str(mode).lower() not in MODES:
+        raise ConfigError(f"optimized_mode={mode}: use min, max or null (derived from the name).")
+    mode = None if mode is None else str(mode).lower()
+    if metric is None:
+        return mode or "min"
+    derived = derived_mode(metric)
+    if mode is None:
+        if derived is None:
+            raise ConfigError(
+                f"optimized_metric={metric}: cannot tell from its name whether it is minimised "
+                "or maximised; set optimized_mode=min or optimized_mode=max."
+            )
+        return derived
+    if derived is not None and derived != mode:
+        raise ConfigError(
+            f"optimized_mode={mode} contradicts optimized_metric={metric}, which is "
+            f"{'minimised' if derived == 'min' else 'maximised'}: set optimized_mode={derived} "
+            "or optimized_mode=null."
+        )
+    return mode
+
+
+def sweep_direction(metric: str | None, mode: str | None = None) -> str:
+    """The Optuna direction of ``optimized_metric``: 'minimize' or 'maximize'."""
+    return "minimize" if optimized_mode(metric, mode) == "min" else "maximize"
+
+
 def register_resolvers() -> None:
-    """Resolvers used by the configs (``run_id`` is cached per config so a run keeps one id)."""
+    """Resolvers used by the configs (``run_id`` is cached per config so a run keeps one id;
+    ``monitor_mode`` / ``sweep_direction`` give optimized_metric's min/max, see
+    ``optimized_mode``)."""
     # imported here: distributed.py imports modules that use this one
     from gendisc.utils.distributed import slurm_gpus, slurm_tasks
 
@@ -41,6 +102,30 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
     if not OmegaConf.has_resolver("slurm_tasks"):
         OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks)
+    register_mode_resolvers()
+
+
+def register_mode_resolvers() -> None:
+    """``${monitor_mode:${optimized_metric},${optimized_mode}}`` (checkpoint / early-stopping
+    mode) and ``${sweep_direction:...}`` (Optuna's direction); registered on import of this
+    module too, so that composing the configs (tests, notebooks) resolves them."""
+    if not OmegaConf.has_resolver("monitor_mode"):
+        OmegaConf.register_new_resolver("monitor_mode", optimized_mode)
+    if not OmegaConf.has_resolver("sweep_direction"):
+        OmegaConf.register_new_resolver("sweep_direction", sweep_direction)
+
+
+def _branch_yaml(value: DictConfig) -> str:
+    """A config branch as resolved YAML; unresolved when a setting is invalid (a GendiscError in
+    a resolver): the run reports that error itself, as one clear message (failure.json)."""
+    from gendisc.utils.failures import gendisc_cause  # failures.py imports this module
+
+    try:
+        return OmegaConf.to_yaml(value, resolve=True)
+    except Exception as error:
+        if gendisc_cause(error) is None:
+            raise
+        return OmegaConf.to_yaml(value, resolve=False)
 
 
 @rank_zero_only
@@ -52,9 +137,7 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
     for key in keys:
         branch = tree.add(str(key), guide_style="dim")
         value = cfg[key]
-        text = (
-            OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
-        )
+        text = _branch_yaml(value) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark"))
     Console().print(tree)
     if save_to is not None:
@@ -75,3 +158,6 @@ def instantiate_list(group: DictConfig | None, what: str) -> list[Any]:
             except Exception as error:
                 raise ConfigError(f"{what}.{name}: could not be created: {error}") from error
     return objects
+
+
+register_mode_resolvers()
