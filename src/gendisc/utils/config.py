@@ -54,13 +54,14 @@ def optimized_mode(metric: str | None, mode: str | None = None) -> str:
     ``mode`` (``optimized_mode``) null: derived from the metric's name (``derived_mode``); a
     name that says neither is a ConfigError asking for ``optimized_mode``. An explicit mode is
     checked against the name (``optimized_mode=max`` with ``val/loss`` is refused). Without a
-    metric nothing is monitored: the explicit mode, else 'min'.
+    metric nothing is monitored: the explicit mode, else 'max' (which also keeps the state key of
+    callbacks.model_checkpoint apart from that of last_checkpoint, Lightning's 'min').
     """
     if mode is not None and str(mode).lower() not in MODES:
         raise ConfigError(f"optimized_mode={mode}: use min, max or null (derived from the name).")
     mode = None if mode is None else str(mode).lower()
     if metric is None:
-        return mode or "min"
+        return mode or "max"
     derived = derived_mode(metric)
     if mode is None:
         if derived is None:
