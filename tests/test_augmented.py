@@ -13,7 +13,8 @@ from gendisc.errors import ConfigError
 from gendisc.models.augmented_classifier import AugmentedClassifierModule, synthetic_count
 from gendisc.models.classifier import ClassifierModule
 from gendisc.pipelines.two_stage import generator_overrides, run_two_stage
-from gendisc.train import build, train
+from gendisc.train import train
+from gendisc.utils.build import build
 from tests.conftest import TINY_GENERATIVE, generative_test_overrides
 
 

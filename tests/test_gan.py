@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from gendisc.checkpoints import load_module
 from gendisc.errors import ConfigError
 from gendisc.losses import HistoricalAverage, feature_matching_loss, generator_loss
 from gendisc.models.gan import GANModule, annealed_sigma, label_planes
 from gendisc.nets import MLPClassifier, MLPGenerator
-from gendisc.sample import load_module, write_samples
-from gendisc.train import build, train
+from gendisc.sample import write_samples
+from gendisc.train import train
+from gendisc.utils.build import build
 from tests.conftest import shared_data_dir, single_thread_env
 
 SHAPE = (1, 8, 8)

@@ -10,7 +10,8 @@ from lightning import Callback
 
 from gendisc.losses import ssl_supervised_loss, ssl_unsupervised_loss
 from gendisc.models.ssl_gan import SSLGANModule
-from gendisc.train import build, train
+from gendisc.train import train
+from gendisc.utils.build import build
 from gendisc.utils.config import PROJECT_ROOT
 
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]

@@ -148,7 +148,7 @@ def test_threads_sets_torch_cpu_thread_count(make_cfg):
 
 
 def test_same_labels_across_models_and_seeds(make_cfg):
-    from gendisc.train import build
+    from gendisc.utils.build import build
 
     labeled = []
     for overrides in (
@@ -188,7 +188,7 @@ def test_eval_reports_the_generative_metrics_of_the_run(tiny_cgan_run, tmp_path)
 def test_transfer_learning_loads_backbone_and_freezes(make_cfg, tmp_path):
     train(make_cfg(["model=classifier", *TINY, "trainer.max_epochs=1"], name="source"))
     ckpt = tmp_path / "source" / "checkpoints" / "last.ckpt"
-    from gendisc.train import build
+    from gendisc.utils.build import build
 
     _, model = build(
         make_cfg(["model=classifier", f"model.init_from={ckpt}", "model.freeze_backbone=true"])

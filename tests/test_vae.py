@@ -11,13 +11,15 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+from gendisc.checkpoints import load_module
 from gendisc.errors import ConfigError
 from gendisc.losses import gaussian_kl
 from gendisc.models.vae import VAEModule, bernoulli_nll, gaussian_nll, kl_per_example
 from gendisc.nets import ConvNet, MLPClassifier
 from gendisc.nets.vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from gendisc.sample import load_module, write_samples
-from gendisc.train import build, train
+from gendisc.sample import write_samples
+from gendisc.train import train
+from gendisc.utils.build import build
 
 
 def test_kl_per_example_matches_the_batch_kl():

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.report import EvaluationReport
-from gendisc.callbacks.run_config import CONFIG_KEY
-from gendisc.errors import ConfigError
-from gendisc.models.transfer import read_checkpoint_state
-from gendisc.train import build
+from gendisc.checkpoints import load_checkpoint, restore_weights, run_config
+from gendisc.utils.build import build
 from gendisc.utils.config import (
     PROJECT_ROOT,
     instantiate_list,
@@ -24,19 +21,6 @@ from gendisc.utils.failures import exit_on_gendisc_error
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def load_run_config(ckpt_path: str | Path) -> DictConfig:
-    """The config a checkpoint was trained with (stored in it by ``gendisc-train``)."""
-    import torch
-
-    read_checkpoint_state(ckpt_path, "ckpt_path")  # clear errors for a missing or unreadable file
-    checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=False)
-    if CONFIG_KEY not in checkpoint:
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} holds no gendisc config: was it written by gendisc-train?"
-        )
-    return OmegaConf.create(checkpoint[CONFIG_KEY])
 
 
 def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[Any]:
@@ -50,9 +34,12 @@ def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[A
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics."""
-    run_cfg = load_run_config(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, "ckpt_path")  # the file's only read
+    run_cfg = run_config(checkpoint, cfg.ckpt_path, "ckpt_path")
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data", {}))
     datamodule, model = build(run_cfg)
+    restore_weights(model, checkpoint, cfg.ckpt_path, "ckpt_path")
+    del checkpoint
     report = EvaluationReport(
         output_dir=cfg.paths.output_dir,
         seed=run_cfg.get("seed"),
@@ -61,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [*generative_metrics_callbacks(run_cfg, cfg), report]
     loggers = instantiate_list(cfg.get("logger"), "logger")
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    trainer.test(model, datamodule=datamodule, ckpt_path=str(Path(cfg.ckpt_path).expanduser()))
+    trainer.test(model, datamodule=datamodule)
     return report.metrics
 
 

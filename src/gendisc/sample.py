@@ -13,8 +13,8 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
+from gendisc.checkpoints import load_module
 from gendisc.errors import ConfigError
-from gendisc.eval import load_run_config
 from gendisc.models.sampling import sampler_for
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 from gendisc.utils.failures import exit_on_gendisc_error
@@ -22,29 +22,6 @@ from gendisc.utils.images import make_grid, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def load_module(ckpt_path: str | Path, device: str | torch.device = "cpu") -> LightningModule:
-    """The LightningModule of a gendisc-train checkpoint, weights loaded, in eval mode.
-
-    The module is rebuilt from the run config stored in the checkpoint, sized with the
-    hyper-parameters saved with it (``in_shape``, ``num_classes``), so no data is read.
-    """
-    run_cfg = load_run_config(ckpt_path)
-    checkpoint = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=False)
-    hparams = checkpoint.get("hyper_parameters", {})
-    missing = [k for k in ("in_shape", "num_classes") if k not in hparams]
-    if missing:
-        raise ConfigError(f"ckpt_path={ckpt_path}: the checkpoint lacks hyper-parameters {missing}")
-    module = hydra.utils.instantiate(
-        run_cfg.model,
-        in_shape=list(hparams["in_shape"]),
-        num_classes=int(hparams["num_classes"]),
-        class_names=hparams.get("class_names"),
-        _convert_="all",
-    )
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.to(device).eval()
 
 
 def requested_labels(labels: Any, n: int, num_classes: int) -> torch.Tensor | None:
@@ -91,7 +68,7 @@ def write_samples(
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Load ``cfg.ckpt_path`` and write its samples."""
-    module = load_module(cfg.ckpt_path, cfg.get("device", "cpu"))
+    module = load_module(cfg.ckpt_path, cfg.get("device", "cpu"))  # reads the file once
     labels = cfg.get("labels")
     if labels is not None and not isinstance(labels, int):
         labels = list(OmegaConf.to_container(labels))

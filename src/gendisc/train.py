@@ -21,6 +21,7 @@ from gendisc.callbacks.report import EvaluationReport
 from gendisc.callbacks.run_config import StoreRunConfig
 from gendisc.errors import ConfigError
 from gendisc.utils import distributed, resume
+from gendisc.utils.build import build
 from gendisc.utils.config import (
     PROJECT_ROOT,
     instantiate_list,
@@ -30,20 +31,6 @@ from gendisc.utils.config import (
 from gendisc.utils.failures import handle_failure, set_aside_old_failure
 
 register_resolvers()
-
-
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule (data read, label protocol applied) and the model sized for its data."""
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
-    datamodule.load()
-    model = hydra.utils.instantiate(
-        cfg.model,
-        in_shape=list(datamodule.image_shape),
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        _convert_="all",
-    )
-    return datamodule, model
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

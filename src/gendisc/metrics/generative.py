@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from gendisc.checkpoints import load_checkpoint
 from gendisc.data.batches import to_unit_range
 from gendisc.nets.classifiers import ConvNet
 
@@ -219,7 +220,7 @@ def load_or_train_evaluator(
         )
 
     if path is not None and path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=False)
+        stored = load_checkpoint(path, "callbacks.generative_metrics.cache_dir")
         net = build()
         net.load_state_dict(stored["state_dict"])
         log.info("Evaluator %s loaded (test accuracy %.4f)", path, stored["info"]["test_acc"])

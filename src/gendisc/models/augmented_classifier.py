@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from gendisc.checkpoints import load_module
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
 from gendisc.models.classifier import ClassifierModule
@@ -77,8 +78,6 @@ class AugmentedClassifierModule(ClassifierModule):
 
     def load_generator(self) -> Sampler:
         """Sampler of the frozen generator in ``generator_ckpt``, on this module's device."""
-        from gendisc.sample import load_module  # the CLI's loader; imported late (no cycle)
-
         if not self.generator_ckpt:
             raise ConfigError(
                 "model.generator_ckpt is not set: give the checkpoint of a conditional "
@@ -90,7 +89,7 @@ class AugmentedClassifierModule(ClassifierModule):
                 "generator first (model=gan or model=vae with model.conditional=true, or "
                 "gendisc-twostage; for the studies: gendisc-train -m experiment=study_generators)."
             )
-        module = load_module(self.generator_ckpt, self.device)
+        module = load_module(self.generator_ckpt, self.device, "model.generator_ckpt")
         module.requires_grad_(False)
         sampler = sampler_for(module)
         if not sampler.conditional:

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
+from gendisc.checkpoints import read_checkpoint_state
 from gendisc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,30 +35,6 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def read_checkpoint_state(
-    path: str | Path, setting: str = "model.init_from"
-) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint (or a bare state dict), with clear errors
-    that name ``setting``, the option the path came from."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"{setting}={path}: no such file. Give the .ckpt of an earlier run, e.g. "
-            "<run dir>/checkpoints/last.ckpt."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a bad file
-        raise ConfigError(
-            f"{setting}={path}: cannot read this checkpoint ({type(error).__name__}: "
-            f"{error}). Is it a .ckpt written by gendisc-train, and complete?"
-        ) from error
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{setting}={path}: the file holds no state_dict of tensors.")
-    return state
-
-
 def _candidates(key: str) -> list[str]:
     """Names a checkpoint key may have in a bare net: itself and with leading owners stripped."""
     parts = key.split(".")
@@ -74,7 +50,7 @@ def load_backbone_weights(net: nn.Module, path: str | Path) -> TransferReport:
     """
     state = read_checkpoint_state(path)
     report = TransferReport(source=str(path))
-    by_name: dict[str, torch.Tensor] = {}
+    by_name: dict[str, Tensor] = {}
     for key in sorted(state, key=lambda k: "ema" in k):  # EMA last, so it wins
         for name in _candidates(key):
             by_name[name] = state[key]

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gendisc.checkpoints import load_checkpoint
 from gendisc.errors import ConfigError
 from gendisc.guards import last_checkpoint_path
 from gendisc.utils.config import instantiate_list
@@ -151,7 +151,7 @@ def continue_csv_logs(loggers: list[Any], checkpoint: str) -> None:
     csv_loggers = [logger for logger in loggers if isinstance(logger, CSVLogger)]
     if not csv_loggers or rank_zero_only.rank != 0:
         return
-    last_epoch = torch.load(checkpoint, map_location="cpu", weights_only=False).get("epoch", -1)
+    last_epoch = load_checkpoint(checkpoint, "ckpt_path").get("epoch", -1)
     for logger in csv_loggers:
         path = Path(logger.log_dir) / "metrics.csv"
         rows = _read_csv_rows(path, last_epoch)

@@ -1,0 +1,21 @@
+"""Build a run's datamodule and model from its composed config (shared by the entry points)."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The datamodule (data read, label protocol applied) and the model sized for its data."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.load()
+    model = hydra.utils.instantiate(
+        cfg.model,
+        in_shape=list(datamodule.image_shape),
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+        _convert_="all",
+    )
+    return datamodule, model
