@@ -1,9 +1,9 @@
 """Multi-process training (trainer=ddp_sim: 2 CPU processes) for every model config present.
 
-One real multirun of ``gendisc-train trainer=ddp_sim`` over the models (DDP inside a multirun:
-rank 1 of each job is started from the job's saved config). A probe callback, added through the
-config, writes what each rank saw; the tests compare ranks with each other and with the batches
-a single process would draw.
+One real multirun of ``gendisc-train trainer=ddp_sim seed=null`` over the models (DDP inside a
+multirun: rank 1 of each job is started from the job's saved config; rank 0 chooses each job's
+seed). A probe callback, added through the config, writes what each rank saw; the tests compare
+ranks with each other and with the batches a single process would draw.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -30,12 +31,42 @@ STEPS = 2
 DATA = {"val_size": 100, "batch_size": 64, "labels_per_class": 10, "data_seed": 0}
 
 
+def _digest(*arrays: Any) -> str:
+    """A short checksum of tensors / NumPy arrays."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
 class RankProbe(Callback):
-    """Test helper: writes ``probe_rank<r>.json`` with what this rank trained on and ended with."""
+    """Test helper: writes ``probe_rank<r>.json`` with what this rank trained on and ended with:
+    its first batches, its generators at the start of each epoch (torch and NumPy) and the
+    first latents its generator drew in each epoch (modules with a ``generator``)."""
 
     def __init__(self, output_dir: str) -> None:
         self.output_dir = Path(output_dir)
         self.batches: list[dict[str, Any]] = []
+        self.generators: dict[str, str] = {}
+        self.latents: dict[str, str] = {}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        generator = getattr(pl_module, "generator", None)
+        if isinstance(generator, torch.nn.Module):
+
+            def first_latents(module: torch.nn.Module, inputs: tuple) -> None:
+                epoch = str(trainer.current_epoch)
+                if trainer.training and epoch not in self.latents:
+                    self.latents[epoch] = _digest(inputs[0])
+
+            generator.register_forward_pre_hook(first_latents)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.generators[str(trainer.current_epoch)] = _digest(
+            torch.get_rng_state(), np.random.get_state()[1]
+        )
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -46,16 +77,20 @@ class RankProbe(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         loader = trainer.train_dataloader
         digest = hashlib.sha256()
-        for name, tensor in sorted(pl_module.state_dict().items()):
+        for name, tensor in sorted(pl_module.named_parameters()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().double().numpy().tobytes())
+        buffers = {name: _digest(tensor) for name, tensor in pl_module.named_buffers()}
         record = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "seed": loader.seed,
             "labeled_index": loader.labeled_index.tolist(),
             "batches": self.batches,
-            "state_digest": digest.hexdigest(),
+            "generators": self.generators,
+            "latents": self.latents,
+            "weights_digest": digest.hexdigest(),
+            "buffers": buffers,
         }
         path = self.output_dir / f"probe_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record))
@@ -77,6 +112,7 @@ def ddp_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-m",
         f"model={','.join(PRESENT)}",
         "trainer=ddp_sim",
+        "seed=null",
         "data=digits",
         *(f"data.{key}={value}" for key, value in DATA.items()),
         "trainer.max_epochs=1",
@@ -119,6 +155,32 @@ def _single_process_batches(seed: int, streams: int) -> list[dict[str, Any]]:
     return described
 
 
+def _unlabeled_positions(seed: int, streams: int, rank: int) -> list[list[int]]:
+    """Per unlabeled stream, the pool images rank ``rank`` of 2 draws in epoch 0 (read back by
+    giving TrainBatches images whose pixel is their own index)."""
+    data = FewLabelDataModule(dataset="digits", data_dir=str(shared_data_dir()), **DATA).load()
+    count = len(data.train_labels)
+    batches = TrainBatches(
+        torch.arange(count).view(count, 1, 1, 1),
+        data.train_labels,
+        data.labeled_index,
+        data.unlabeled_index,
+        batch_size=DATA["batch_size"],
+        unlabeled_batch_size=DATA["batch_size"],
+        unlabeled_streams=streams,
+        seed=seed,
+        rank=rank,
+        world_size=2,
+        current_epoch=lambda: 0,
+    )
+    positions: list[list[int]] = [[] for _ in range(streams)]
+    for batch in batches:
+        for stream in range(streams):
+            key = "x_unl" if stream == 0 else f"x_unl{stream + 1}"
+            positions[stream] += ((batch[key].flatten() + 1) * 127.5).round().long().tolist()
+    return positions
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_ddp_trains_each_model_on_sharded_batches(model, ddp_sweep):
     if model not in PRESENT:
@@ -139,8 +201,53 @@ def test_ddp_trains_each_model_on_sharded_batches(model, ddp_sweep):
         for rank in (0, 1):
             assert probes[rank]["batches"][step] == single[2 * step + rank], (step, rank)
     assert probes[0]["batches"][0]["y"] != probes[1]["batches"][0]["y"]
-    # gradients were synchronised: every rank ends with the same weights
-    assert probes[0]["state_digest"] == probes[1]["state_digest"]
+    # within an epoch the ranks' unlabeled shards do not overlap (nor repeat an image)
+    if streams:
+        shards = [_unlabeled_positions(probes[0]["seed"], streams, rank) for rank in (0, 1)]
+        for stream in range(streams):
+            first, second = shards[0][stream], shards[1][stream]
+            assert len(first) == len(second) == 10 * DATA["batch_size"]  # 10 steps per rank
+            assert len(set(first) | set(second)) == len(first) + len(second), stream
+    # gradients were synchronised: every rank ends with the same weights; only batch-norm
+    # running statistics (of each rank's own batches) may differ
+    assert probes[0]["weights_digest"] == probes[1]["weights_digest"]
+    assert all("running_" in name for name in differing_buffers(*probes))
+
+
+def differing_buffers(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """The buffers (batch-norm statistics, EMA counts, ...) whose values two probes disagree on."""
+    assert first["buffers"].keys() == second["buffers"].keys()
+    return [name for name, value in first["buffers"].items() if second["buffers"][name] != value]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ddp_ranks_draw_their_own_random_streams(model, ddp_sweep):
+    # seed=null: rank 0 chose the seed, every rank used it for the data order, and metrics.json
+    # records it; latents, noise and dropout masks come from each rank's own generators
+    if model not in PRESENT:
+        pytest.skip(f"conf/model/{model}.yaml does not exist yet")
+    job = _job_dir(ddp_sweep, model)
+    probes = [json.loads((job / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["seed"] == probes[0]["seed"] == probes[1]["seed"]
+    assert probes[0]["generators"]["0"] != probes[1]["generators"]["0"]
+    if model in ("ssl_gan", "gan"):
+        assert probes[0]["latents"]["0"] != probes[1]["latents"]["0"]
+    # the run's config (stored in checkpoints) holds the seed used, not null
+    stored = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert stored["gendisc_config"]["seed"] == metrics["seed"]
+    states = stored["callbacks"]["RandomStateCheckpoint"]
+    assert states["world_size"] == 2 and len(states["ranks"]) == 2
+    assert not torch.equal(states["ranks"][0]["torch"], states["ranks"][1]["torch"])
+
+
+def test_each_job_of_a_sweep_with_seed_null_gets_its_own_seed(ddp_sweep):
+    seeds = [
+        json.loads((_job_dir(ddp_sweep, model) / "metrics.json").read_text())["seed"]
+        for model in PRESENT
+    ]
+    assert all(isinstance(seed, int) and 0 <= seed < 2**31 for seed in seeds)
+    assert len(set(seeds)) == len(seeds)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -183,3 +290,34 @@ def test_in_process_multi_process_training_is_refused_clearly(make_cfg):
 
     with pytest.raises(ConfigError, match="run it with gendisc-train"):
         train(make_cfg(["model=classifier", "trainer=ddp_sim", "debug=fdr"]))
+
+
+def test_the_seed_used_is_the_configured_one_or_rank_zeros_or_the_checkpoints(
+    make_cfg, monkeypatch, tmp_path
+):
+    from gendisc.errors import ConfigError
+    from gendisc.utils import distributed
+
+    for name in (distributed.DDP_RUN_DIR_ENV, distributed.DDP_SEED_ENV, "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = make_cfg(["seed=7"])
+    assert distributed.resolve_seed(cfg) == 7 == cfg.seed
+    # seed=null: a fresh seed, written into the config (loggers, checkpoints, metrics.json)
+    chosen = [distributed.resolve_seed(make_cfg(["seed=null"])) for _ in range(3)]
+    assert len(set(chosen)) == 3 and all(0 <= seed < 2**31 for seed in chosen)
+    cfg = make_cfg(["seed=null"])
+    seed = distributed.resolve_seed(cfg)
+    assert cfg.seed == seed
+    # a worker rank started by rank 0 takes rank 0's seed
+    monkeypatch.setenv(distributed.DDP_RUN_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(distributed.DDP_SEED_ENV, "1234")
+    assert distributed.resolve_seed(make_cfg(["seed=null"])) == 1234
+    assert distributed.resolve_seed(make_cfg(["seed=5"])) == 5
+    for name in (distributed.DDP_RUN_DIR_ENV, distributed.DDP_SEED_ENV, "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    # resuming with seed=null: the seed stored in the checkpoint
+    torch.save({"gendisc_config": {"seed": 77}}, tmp_path / "old.ckpt")
+    assert distributed.resolve_seed(make_cfg(["seed=null", f"ckpt_path={tmp_path}/old.ckpt"])) == 77
+    with pytest.raises(ConfigError, match=r"seed=-1: give an integer from 0 to 4294967295"):
+        distributed.resolve_seed(make_cfg(["seed=-1"]))

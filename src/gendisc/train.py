@@ -45,15 +45,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     if cfg.get("threads") is not None:  # 1 when several jobs share a CPU
         torch.set_num_threads(cfg.threads)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = distributed.resolve_seed(cfg)  # chosen by rank 0 when null; recorded in cfg.seed
+    L.seed_everything(seed, workers=True)
     datamodule, model = build(cfg)
     ckpt_path = resume.resolve_ckpt_path(cfg) if cfg.get("train") else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [
         *instantiate_list(cfg.get("callbacks"), "callbacks"),
         StoreRunConfig(resolved),
-        RandomStateCheckpoint(),
+        RandomStateCheckpoint(seed),  # each rank's own random stream, kept in checkpoints
     ]
     loggers = resume.instantiate_loggers(cfg, ckpt_path)
     trainer: L.Trainer = hydra.utils.instantiate(

@@ -3,6 +3,8 @@
 Lightning starts ranks 1..N-1 by running rank 0's command again. In a Hydra multirun that
 command is the whole sweep, so rank 0 names its run directory in the environment and a worker
 composes that job's saved config instead (``ddp_worker_argv``): DDP also works inside multiruns.
+Rank 0 passes its training seed the same way (``resolve_seed``), so every rank draws the same
+data order even with ``seed=null``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from gendisc.callbacks.run_config import CONFIG_KEY
+from gendisc.checkpoints import load_checkpoint
 from gendisc.errors import ConfigError
-from gendisc.utils.resume import is_multirun
+from gendisc.utils.resume import is_multirun, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 DDP_RUN_DIR_ENV = "GENDISC_DDP_RUN_DIR"
 # Set with it when the job belongs to a multirun: a failing worker rank then exits quietly.
 DDP_MULTIRUN_ENV = "GENDISC_DDP_MULTIRUN"
+# Set with it: the training seed rank 0 uses (chosen by rank 0 when the config says seed=null).
+DDP_SEED_ENV = "GENDISC_DDP_SEED"
 # Environment that a multi-process launch leaves behind in rank 0; cleared after each job.
 _DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -67,6 +74,41 @@ def is_ddp_worker() -> bool:
     return bool(os.environ.get(DDP_RUN_DIR_ENV)) and global_rank() > 0
 
 
+def resolve_seed(cfg: DictConfig) -> int:
+    """The training seed of this run, written into ``cfg.seed`` (so checkpoints, loggers and
+    metrics.json record the seed used) and returned.
+
+    ``seed=null`` picks a fresh random seed, except in a worker rank started by rank 0, which
+    takes rank 0's (``GENDISC_DDP_SEED``): every rank then draws the same data order; and
+    except when resuming (``ckpt_path``), which takes the seed stored in the checkpoint.
+    """
+    seed = cfg.get("seed")
+    if seed is None and is_ddp_worker() and os.environ.get(DDP_SEED_ENV):
+        seed = int(os.environ[DDP_SEED_ENV])
+    if seed is None:
+        seed = _checkpoint_seed(cfg)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(
+            f"seed={seed!r}: give an integer from 0 to {2**32 - 1}, or null for a random one."
+        )
+    with open_dict(cfg):
+        cfg.seed = int(seed)
+    return int(seed)
+
+
+def _checkpoint_seed(cfg: DictConfig) -> int | None:
+    """The training seed stored in the checkpoint this run resumes from, if any."""
+    if not cfg.get("train") or cfg.get("ckpt_path") is None:
+        return None
+    path = resolve_ckpt_path(cfg)
+    if path is None or not Path(path).is_file():  # a fresh multirun job, or Lightning's names
+        return None
+    stored = load_checkpoint(path, "ckpt_path").get(CONFIG_KEY) or {}
+    return stored.get("seed")
+
+
 def ddp_worker_argv(argv: list[str], environ: dict[str, str]) -> list[str]:
     """The command line of a DDP worker (rank > 0) started by Lightning from rank 0's command.
 
@@ -102,6 +144,8 @@ def check_multiprocess_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
         )
     os.environ[DDP_RUN_DIR_ENV] = str(Path(cfg.paths.output_dir).resolve())
     os.environ[DDP_MULTIRUN_ENV] = "1" if is_multirun() else "0"
+    if cfg.get("seed") is not None:
+        os.environ[DDP_SEED_ENV] = str(cfg.seed)
 
 
 @contextlib.contextmanager
@@ -109,7 +153,7 @@ def distributed_scope() -> Iterator[None]:
     """Leave no process group or launch environment behind for the next job of a sweep."""
     before = {
         name: os.environ.get(name)
-        for name in (*_DISTRIBUTED_ENV, DDP_RUN_DIR_ENV, DDP_MULTIRUN_ENV)
+        for name in (*_DISTRIBUTED_ENV, DDP_RUN_DIR_ENV, DDP_MULTIRUN_ENV, DDP_SEED_ENV)
     }
     try:
         yield
