@@ -156,16 +156,28 @@ class AdversarialModule(ClassifierEvaluation):
     # ------------------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
         """Data-dependent init at the start of a fresh fit; skipped when the layers were
-        restored from a checkpoint (resume) or loaded initialised."""
+        restored from a checkpoint (resume) or loaded initialised. Then D's minibatch
+        reference (fixed real images for batch-independent evaluation), unless restored."""
         nets = (self.discriminator, self.generator)
         if not self.init_images:
             for net in nets:
                 mark_initialized(net)  # g = 1, b = 0; else each layer would init on its first batch
-            return
-        if any(needs_data_init(net) for net in nets):
+        elif any(needs_data_init(net) for net in nets):
             self.data_init(self.init_images)
             for ema, net in self.emas():
                 ema.reset(net)
+        net = self.discriminator
+        if getattr(net, "minibatch_disc", None) is not None and not net.has_minibatch_reference():
+            images = self.trainer.datamodule.unlabeled_sample(net.minibatch_reference_size, seed=1)
+            reference = self.minibatch_reference_input(images.to(self.device))
+            net.set_minibatch_reference(reference)
+            for ema, averaged in self.emas():
+                if averaged is net:
+                    ema.shadow.set_minibatch_reference(reference)
+
+    def minibatch_reference_input(self, images: Tensor) -> Tensor:
+        """D's input for the reference images (a module that adds label planes overrides it)."""
+        return images
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         d_optimizer, g_optimizer = self.optimizers()

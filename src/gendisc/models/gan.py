@@ -26,11 +26,10 @@ from gendisc.losses import (
     feature_matching_loss,
     generator_loss,
 )
-from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.models.adversarial import AdversarialModule
 from gendisc.models.sampling import Sampler, generator_sampler
 from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import data_dependent_init
-from gendisc.training import raise_if_not_finite
 
 Conditioning = Literal["projection", "concat"]
 
@@ -54,8 +53,8 @@ def annealed_sigma(sigma: float, anneal_epochs: float, progress: float) -> float
     return sigma * max(0.0, 1.0 - progress / anneal_epochs)
 
 
-class GANModule(ClassifierEvaluation):
-    """GAN trained with manual optimisation: one D update per batch, G updated every
+class GANModule(AdversarialModule):
+    """GAN on the adversarial core: one D update per batch, G updated every
     ``d_steps_per_g_step`` batches, ``g_steps_per_d_step`` times.
 
     Args:
@@ -77,8 +76,10 @@ class GANModule(ClassifierEvaluation):
             linearly to 0 over ``instance_noise_anneal_epochs`` (0: constant).
         ema_decay: decay of an exponential moving average of G's weights, used for sampling
             and metrics (null: off).
-        init_images: images for the data-dependent init of weight-normalised layers (0: the
-            first batch initialises them).
+        init_images: images for the data-dependent init of weight-normalised layers (0: none,
+            g = 1 and b = 0), done at the start of a fresh fit, never on resume.
+        concat_d_pass: D's real and generated batches as one pass (auto: when D has no
+            batch-dependent layer; see ``AdversarialModule``).
     """
 
     def __init__(
@@ -104,23 +105,23 @@ class GANModule(ClassifierEvaluation):
         instance_noise_anneal_epochs: float = 0.0,
         ema_decay: float | None = None,
         init_images: int = 0,
+        concat_d_pass: bool | str = "auto",
     ) -> None:
-        super().__init__(num_classes, class_names)
+        super().__init__(
+            num_classes,
+            class_names,
+            generator_steps=g_steps_per_d_step,
+            d_steps_per_g_step=d_steps_per_g_step,
+            init_images=init_images,
+            concat_d_pass=concat_d_pass,
+        )
         self.save_hyperparameters(
             ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
         )
-        self.automatic_optimization = False
         if loss not in GAN_KINDS:
             raise ConfigError(f"model.loss={loss!r}: choose one of {GAN_KINDS}")
         if conditioning not in ("projection", "concat"):
             raise ConfigError(f"model.conditioning={conditioning!r}: choose projection or concat")
-        if min(d_steps_per_g_step, g_steps_per_d_step) < 1 or (
-            d_steps_per_g_step > 1 and g_steps_per_d_step > 1
-        ):
-            raise ConfigError(
-                "model.d_steps_per_g_step and model.g_steps_per_d_step must be >= 1 and at "
-                "least one of them 1"
-            )
         if not 0.0 < real_target <= 1.0:
             raise ConfigError(f"model.real_target={real_target}: must be in (0, 1]")
         self.in_shape = tuple(int(v) for v in in_shape)
@@ -141,8 +142,6 @@ class GANModule(ClassifierEvaluation):
         self.d_optimizer_factory = d_optimizer
         self.g_optimizer_factory = g_optimizer
         self.loss = loss
-        self.d_steps_per_g_step = int(d_steps_per_g_step)
-        self.g_steps_per_d_step = int(g_steps_per_d_step)
         self.feature_matching = feature_matching
         self.feature_layer = feature_layer
         self.feature_norm = feature_norm
@@ -150,7 +149,6 @@ class GANModule(ClassifierEvaluation):
         self.real_target = float(real_target)
         self.instance_noise = float(instance_noise)
         self.instance_noise_anneal_epochs = float(instance_noise_anneal_epochs)
-        self.init_images = init_images
         self.g_ema = ExponentialMovingAverage(self.generator, ema_decay) if ema_decay else None
         if self.historical_averaging > 0:
             self.d_history = HistoricalAverage(self.discriminator)
@@ -169,10 +167,7 @@ class GANModule(ClassifierEvaluation):
         if self.conditional and self.conditioning == "concat":
             x = torch.cat([x, label_planes(y, self.num_classes, x)], dim=1)
         net = self.discriminator
-        features = net.forward_features(x)
-        h = features[-1]
-        if net.minibatch_disc is not None:
-            h = net.minibatch_disc(h)
+        h, features = net.embed(x)
         logit = net.head(h).squeeze(1)
         if self.projection is not None:
             logit = logit + (self.projection(y) * h).sum(dim=1)
@@ -187,11 +182,8 @@ class GANModule(ClassifierEvaluation):
         if not self.conditional:
             raise ConfigError("an unconditional GAN has no class scores")
         if self.projection is not None:
-            net = self.discriminator
-            h = net.forward_features(x)[-1]
-            if net.minibatch_disc is not None:
-                h = net.minibatch_disc(h)
-            return net.head(h) + h @ self.projection.weight.t()
+            h, _ = self.discriminator.embed(x)
+            return self.discriminator.head(h) + h @ self.projection.weight.t()
         n = x.shape[0]
         scores = [self(x, torch.full((n,), k, device=x.device)) for k in range(self.num_classes)]
         return torch.stack(scores, dim=1)
@@ -225,12 +217,13 @@ class GANModule(ClassifierEvaluation):
             progress = trainer.current_epoch + batch_idx / steps
         return annealed_sigma(self.instance_noise, self.instance_noise_anneal_epochs, progress)
 
-    def on_fit_start(self) -> None:
-        """Data-dependent init of weight-normalised layers (not when resuming)."""
-        if not self.init_images or self.global_step > 0:
-            return
-        datamodule = self.trainer.datamodule
-        images = datamodule.unlabeled_sample(self.init_images, seed=0).to(self.device)
+    def emas(self) -> list[tuple[ExponentialMovingAverage, nn.Module]]:
+        return [(self.g_ema, self.generator)] if self.g_ema is not None else []
+
+    def data_init(self, count: int) -> None:
+        """D's layers from ``count`` unlabeled images (a fixed draw; random labels for a
+        conditional D), G's from ``count`` latents (and labels)."""
+        images = self.trainer.datamodule.unlabeled_sample(count, seed=0).to(self.device)
         labels = self._fake_labels(len(images))
         d_input = images
         if self.conditional and self.conditioning == "concat":
@@ -238,8 +231,13 @@ class GANModule(ClassifierEvaluation):
         data_dependent_init(self.discriminator, d_input)
         z = self.generator.sample_latent(len(images), device=self.device)
         data_dependent_init(self.generator, z, labels)
-        if self.g_ema is not None:
-            self.g_ema.reset(self.generator)
+
+    def minibatch_reference_input(self, images: Tensor) -> Tensor:
+        """With concat conditioning D's input carries label planes: fixed labels 0..K-1."""
+        if self.conditional and self.conditioning == "concat":
+            labels = torch.arange(len(images), device=images.device) % self.num_classes
+            return torch.cat([images, label_planes(labels, self.num_classes, images)], dim=1)
+        return images
 
     def _players(self) -> tuple[list[nn.Module], list[nn.Module]]:
         d = [self.discriminator] + ([self.projection] if self.projection is not None else [])
@@ -262,58 +260,49 @@ class GANModule(ClassifierEvaluation):
         else:
             self.g_history.update(self.generator)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        d_optimizer, g_optimizer = self.optimizers()
+    def _real_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The conditional GAN learns from the labeled batch, the unconditional from the pool."""
         if self.conditional:
-            real, labels = batch["x"], batch["y"]
-        else:
-            real, labels = batch["x_unl"], None
-        n = real.shape[0]
-        sigma = self.current_instance_noise(batch_idx)
+            return batch["x"], batch["y"]
+        return batch["x_unl"], None
 
-        # discriminator
+    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+        """D's adversarial loss on the real batch and a generated one (+ historical averaging)."""
+        real, labels = self._real_batch(batch)
+        sigma = self.current_instance_noise(batch_idx)
         with torch.no_grad():
-            fake, fake_labels = self._generate(n)
-        real_logit, _ = self.discriminate(real, labels, sigma)
-        fake_logit, _ = self.discriminate(fake, fake_labels, sigma)
+            fake, fake_labels = self._generate(real.shape[0])
+        real_logit, fake_logit = self.discriminate_batches(
+            lambda x, y: self.discriminate(x, y, sigma)[0],
+            [(real, labels), (fake, fake_labels)],
+        )
         d_loss = discriminator_loss(real_logit, fake_logit, self.loss, self.real_target)
         if self.historical_averaging > 0:
             d_loss = d_loss + self.historical_averaging * self._history_penalty("d")
-        raise_if_not_finite(d_loss, "discriminator loss", self)
-        d_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        d_optimizer.step()
-        if self.historical_averaging > 0:
-            self._update_history("d")
-
-        # generator
-        g_loss = None
-        if batch_idx % self.d_steps_per_g_step == 0:
-            self.toggle_optimizer(g_optimizer)
-            for _ in range(self.g_steps_per_d_step):
-                g_loss = self.generator_objective(real, labels, n, sigma)
-                raise_if_not_finite(g_loss, "generator loss", self)
-                g_optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                g_optimizer.step()
-                if self.historical_averaging > 0:
-                    self._update_history("g")
-                if self.g_ema is not None:
-                    self.g_ema.update(self.generator)
-            self.untoggle_optimizer(g_optimizer)
-
         with torch.no_grad():
-            logs = {
-                "train/d_loss": d_loss,
+            stats = {
                 "train/d_real": torch.sigmoid(real_logit).mean(),
                 "train/d_fake": torch.sigmoid(fake_logit).mean(),
             }
-            if g_loss is not None:
-                logs["train/g_loss"] = g_loss
             if self.instance_noise > 0:
-                logs["train/instance_noise"] = torch.tensor(sigma)
-        self.log_dict(logs, on_step=False, on_epoch=True)
-        self.log("train/loss", d_loss, prog_bar=True, on_step=False, on_epoch=True)
+                stats["train/instance_noise"] = torch.tensor(sigma, device=real.device)
+        return d_loss, stats
+
+    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        real, labels = self._real_batch(batch)
+        return self.generator_objective(
+            real, labels, real.shape[0], self.current_instance_noise(batch_idx)
+        )
+
+    def after_discriminator_update(self) -> None:
+        super().after_discriminator_update()
+        if self.historical_averaging > 0:
+            self._update_history("d")
+
+    def after_generator_update(self) -> None:
+        if self.historical_averaging > 0:
+            self._update_history("g")
+        super().after_generator_update()
 
     def generator_objective(
         self, real: Tensor, labels: Tensor | None, n: int, sigma: float = 0.0
