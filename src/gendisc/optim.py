@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,34 +35,74 @@ class AdamEpsInsideSqrt(Optimizer):
             raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore (``load_state_dict``); a step count saved as a tensor becomes an int."""
+        super().__setstate__(state)
+        for param_state in self.state.values():
+            step = param_state.get("step")
+            if isinstance(step, Tensor):
+                param_state["step"] = int(step.item())
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One update of every parameter that has a gradient."""
+        """One update of every parameter that has a gradient.
+
+        The arithmetic runs as ``torch._foreach_*`` ops over all the parameters that share a
+        step count (all of a group's, unless some were frozen for a while), with the bias
+        corrections as Python scalars: no per-parameter kernels, no host-device sync. Per
+        parameter the state holds ``step`` (int), ``exp_avg`` and ``exp_avg_sq``.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states, strict=True):
+            # parameters by step count after this update (normally a single bucket)
+            buckets: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamEpsInsideSqrt does not support sparse gradients")
+                state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            for p, m, v, state in zip(params, exp_avgs, exp_avg_sqs, states, strict=True):
-                step = state["step"]
-                v_hat = v / (1.0 - beta2**step)
-                denominator = v_hat.add_(group["eps"]).sqrt_()
-                p.addcdiv_(m, denominator, value=-group["lr"] / (1.0 - beta1**step))
+                params, grads, exp_avgs, exp_avg_sqs = buckets.setdefault(
+                    state["step"], ([], [], [], [])
+                )
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+            for step, (params, grads, exp_avgs, exp_avg_sqs) in buckets.items():
+                self._update(params, grads, exp_avgs, exp_avg_sqs, step, group)
         return loss
+
+    @staticmethod
+    def _update(
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        step: int,
+        group: dict[str, Any],
+    ) -> None:
+        """``p -= lr * m_hat / sqrt(v_hat + eps)`` for parameters at the same ``step``.
+
+        With c1 = 1 - beta1^t and c2 = 1 - beta2^t the update is computed as
+        ``p -= (lr * sqrt(c2) / c1) * m / sqrt(v + eps * c2)``, the same quantity with one
+        scalar factor instead of a division of every element by c2.
+        """
+        beta1, beta2 = group["betas"]
+        correction1 = 1.0 - beta1**step
+        correction2 = 1.0 - beta2**step
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        denominators = torch._foreach_add(exp_avg_sqs, group["eps"] * correction2)
+        torch._foreach_sqrt_(denominators)
+        step_size = group["lr"] * math.sqrt(correction2) / correction1
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-step_size)
