@@ -1,20 +1,26 @@
-"""Generative metrics on the in-domain evaluator: FID/KID/IS/class accuracy/CAS, the cache,
-image grids and the samples callback's pictures."""
+"""Generative metrics on the in-domain evaluator: FID/KID/IS/class accuracy/CAS, precision /
+recall / density / coverage, the cache, image grids and the samples callback's pictures."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from gendisc.data.datamodule import FewLabelDataModule
+from gendisc.errors import ConfigError
 from gendisc.metrics.generative import (
     EvaluatorConfig,
+    evaluate_images,
     feature_distances,
     inception_score,
+    knn_radii,
     load_or_train_evaluator,
+    prdc_from_features,
+    precision_recall_density_coverage,
     score_samples,
 )
 from gendisc.utils.images import make_grid, save_png
@@ -123,7 +129,100 @@ def test_real_images_scored_as_samples(digits, evaluator):
         "gen/is",
         "gen/class_acc",
         "gen/cas",
+        "gen/precision",
+        "gen/recall",
+        "gen/density",
+        "gen/coverage",
+        "gen/prdc_n",
+        "gen/pr_k",
+        "gen/dc_k",
     }
+    # the test set against itself: both manifolds coincide
+    assert metrics["gen/precision"] == metrics["gen/recall"] == metrics["gen/coverage"] == 1.0
+    assert metrics["gen/prdc_n"] == 360 and (metrics["gen/pr_k"], metrics["gen/dc_k"]) == (3, 5)
+
+
+# ----------------------------------------------------------- precision, recall, density, coverage
+def _on_a_line(values: list[float]) -> torch.Tensor:
+    """Points (v, 0) in the plane: distances are |v - w|."""
+    return torch.tensor([[v, 0.0] for v in values], dtype=torch.float64)
+
+
+def test_prdc_hand_computed_case():
+    real, fake = _on_a_line([0, 1, 3, 7]), _on_a_line([0.5, 0.8, 14, 40])
+    # nearest neighbours of 0, 1, 3, 7 among themselves: 1st at 1, 1, 2, 4; 2nd at 3, 2, 3, 6
+    assert knn_radii(real, 1).tolist() == [1, 1, 2, 4]
+    assert knn_radii(real, 2, chunk_size=3).tolist() == [3, 2, 3, 6]
+    values = precision_recall_density_coverage(real, fake, pr_k=1, dc_k=2)
+    # precision: real balls [-1, 1], [0, 2], [1, 5], [3, 11] hold 0.5 and 0.8, not 14 or 40
+    # recall: fake radii 0.3, 0.3, 13.2, 26 -> balls [0.2, 0.8], [0.5, 1.1], [0.8, 27.2],
+    #   [14, 66] hold 1, 3 and 7, not 0
+    # density (k = 2): balls [-3, 3], [-1, 3], [0, 6], [1, 13]; 0.5 and 0.8 lie in the first
+    #   three, 14 and 40 in none: 6 / (2 * 4); coverage: the first three balls hold a fake
+    assert values == pytest.approx(
+        {"precision": 0.5, "recall": 0.75, "density": 0.75, "coverage": 0.75}, abs=1e-12
+    )
+
+
+def _clusters(classes: list[int], n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` points, as many from each of the ``classes`` unit Gaussians whose centres lie 30
+    apart on a circle (10 classes): one well separated mode per class."""
+    angle = torch.arange(10, dtype=torch.float64) * 2 * math.pi / 10
+    centres = 30 * torch.stack([angle.cos(), angle.sin()], dim=1)
+    y = torch.tensor(classes).repeat(n // len(classes))
+    return centres[y] + torch.randn(len(y), 2, generator=generator, dtype=torch.float64)
+
+
+def test_prdc_identical_sets_and_chunking():
+    features = torch.randn(300, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    values = precision_recall_density_coverage(features, features)
+    assert values["precision"] == values["recall"] == values["coverage"] == 1.0
+    # every ball holds its own centre and its k nearest neighbours: density = (k + 1) / k
+    assert values["density"] == pytest.approx(6 / 5, abs=1e-12)
+    other = features[:250] + 0.3 * torch.randn(250, 6, dtype=torch.float64)
+    assert precision_recall_density_coverage(
+        features, other, chunk_size=7
+    ) == precision_recall_density_coverage(features, other)
+
+
+def test_prdc_missing_half_the_classes_and_far_noise():
+    generator = torch.Generator().manual_seed(0)
+    real = _clusters(list(range(10)), 1000, generator)
+    same = precision_recall_density_coverage(real, _clusters(list(range(10)), 1000, generator))
+    half = precision_recall_density_coverage(real, _clusters([0, 1, 2, 3, 4], 1000, generator))
+    assert min(same.values()) > 0.95 and same["density"] == pytest.approx(1.0, abs=0.05)
+    # good samples of half the modes: precision stays, recall and coverage halve
+    assert half["precision"] > 0.95
+    assert half["recall"] == pytest.approx(0.5, abs=0.05)
+    assert half["coverage"] == pytest.approx(0.5, abs=0.05)
+    far = precision_recall_density_coverage(real, _clusters(list(range(10)), 1000, generator) + 100)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_prdc_on_evaluator_features_of_half_the_digits(digits, evaluator):
+    """Training digits 0-4 against the test set: recall and coverage far below those of all
+    training digits, precision as high."""
+    net, _ = evaluator
+    real, _ = evaluate_images(net, digits.test_images)
+    train, _ = evaluate_images(net, digits.train_images)
+    every = prdc_from_features(real, train, samples=360)
+    half = prdc_from_features(real, train[digits.train_labels < 5], samples=360)
+    assert every["prdc_n"] == half["prdc_n"] == 360  # subsets of the larger sets
+    assert half["precision"] > every["precision"] - 0.05
+    assert half["recall"] < every["recall"] - 0.15
+    assert half["coverage"] < every["coverage"] - 0.2
+    with pytest.raises(ConfigError, match="k=5 nearest neighbours"):
+        prdc_from_features(real, train, samples=5)
+
+
+def test_gan_run_writes_precision_recall_density_coverage(tiny_cgan_run):
+    run, _ = tiny_cgan_run
+    report = json.loads((run / "metrics.json").read_text())
+    for name in ("precision", "recall", "coverage", "precision_real", "coverage_real"):
+        assert 0.0 <= report[f"gen/{name}"] <= 1.0, name
+    assert report["gen/density"] >= 0.0 and report["gen/density_real"] > 0.0
+    # 200 samples against the 360 test images: 200 of each, k as in the papers
+    assert (report["gen/prdc_n"], report["gen/pr_k"], report["gen/dc_k"]) == (200, 3, 5)
 
 
 def test_make_grid_layout(tmp_path):

@@ -1,4 +1,5 @@
-"""Generative metrics at test time: FID, KID, IS, class accuracy and CAS into metrics.json."""
+"""Generative metrics at test time: FID, KID, IS, precision / recall / density / coverage,
+class accuracy and CAS into metrics.json."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gendisc.metrics.generative import (
     evaluate_images,
     inception_score,
     load_or_train_evaluator,
+    prdc_from_features,
     quantize,
     score_samples,
 )
@@ -32,10 +34,13 @@ def to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
 
 class GenerativeMetrics(Callback):
     """Measures the generator of the tested module against the real test set and logs
-    ``gen/fid``, ``gen/kid`` (+ ``gen/kid_std``), ``gen/is``, for class-conditional models
-    ``gen/class_acc`` and ``gen/cas``, and as references ``gen/evaluator_acc`` (the
-    evaluator's test accuracy), ``gen/is_real`` (IS of the real test images) and
-    ``gen/fid_real`` / ``gen/kid_real`` (real training images against the test images).
+    ``gen/fid``, ``gen/kid`` (+ ``gen/kid_std``), ``gen/is``, ``gen/precision``,
+    ``gen/recall``, ``gen/density``, ``gen/coverage`` (with their settings ``gen/prdc_n``,
+    ``gen/pr_k``, ``gen/dc_k``), for class-conditional models ``gen/class_acc`` and
+    ``gen/cas``, and as references ``gen/evaluator_acc`` (the evaluator's test accuracy),
+    ``gen/is_real`` (IS of the real test images) and ``gen/fid_real`` / ``gen/kid_real`` /
+    ``gen/precision_real`` / ``gen/recall_real`` / ``gen/density_real`` /
+    ``gen/coverage_real`` (real training images against the test images).
 
     The evaluator is trained on the datamodule's full training set on first use and cached in
     ``cache_dir``. Under ``trainer.fast_dev_run`` everything runs on a smoke budget (a few
@@ -47,6 +52,10 @@ class GenerativeMetrics(Callback):
             images).
         kid_subset_size, kid_subsets: KID's subsets (the size is capped by the sample counts).
         is_splits: splits of the IS estimate.
+        prdc_samples: real (test) and generated feature vectors, as many of each, for precision /
+            recall / density / coverage (capped by both counts; 0: not computed).
+        pr_k, dc_k: nearest neighbours that set the ball radii of precision / recall (3 in
+            Kynkäänniemi et al. 2019) and of density / coverage (5 in Naeem et al. 2020).
         cas_samples: generated training images of the CAS classifier (0: no CAS); it has the
             evaluator's architecture and budget (``evaluator.epochs`` over these images).
         seed: seeds the samples (the metrics are reproducible for given weights).
@@ -62,6 +71,9 @@ class GenerativeMetrics(Callback):
         kid_subset_size: int = 1000,
         kid_subsets: int = 50,
         is_splits: int = 10,
+        prdc_samples: int = 10000,
+        pr_k: int = 3,
+        dc_k: int = 5,
         cas_samples: int = 10000,
         seed: int = 0,
         evaluator: dict[str, Any] | None = None,
@@ -72,6 +84,13 @@ class GenerativeMetrics(Callback):
         self.kid_subset_size = int(kid_subset_size)
         self.kid_subsets = int(kid_subsets)
         self.is_splits = int(is_splits)
+        self.prdc_samples = int(prdc_samples)
+        self.pr_k, self.dc_k = int(pr_k), int(dc_k)
+        if self.prdc_samples < 0 or self.pr_k < 1 or self.dc_k < 1:
+            raise ConfigError(
+                f"callbacks.generative_metrics: prdc_samples={prdc_samples} must be >= 0 (0: off) "
+                f"and pr_k={pr_k}, dc_k={dc_k} at least 1 (the papers use 3 and 5)."
+            )
         self.cas_samples = int(cas_samples)
         self.seed = int(seed)
         self.evaluator_config = EvaluatorConfig(**dict(evaluator or {}))
@@ -139,6 +158,10 @@ class GenerativeMetrics(Callback):
                 cas_labels=cas_labels,
                 cas_config=config,
                 real_features=test_features,
+                prdc_samples=self.prdc_samples,
+                pr_k=self.pr_k,
+                dc_k=self.dc_k,
+                seed=self.seed,
             )
             reference = self.real_reference(
                 datamodule, evaluator, num_samples, test_features, test_probs, is_splits, subsets
@@ -157,8 +180,9 @@ class GenerativeMetrics(Callback):
         is_splits: int,
         subsets: int,
     ) -> dict[str, float]:
-        """The same metrics for real images: IS of the test set, FID/KID of ``count`` random
-        training images against the test set (the floor a generator can reach)."""
+        """The same metrics for real images: IS of the test set, FID/KID and precision /
+        recall / density / coverage of ``count`` random training images against the test set
+        (what a generator as good as the data reaches)."""
         generator = torch.Generator().manual_seed(self.seed)
         pick = torch.randperm(len(datamodule.train_labels), generator=generator)[:count]
         train = datamodule.train_images[pick.to(datamodule.train_images.device)]
@@ -166,8 +190,21 @@ class GenerativeMetrics(Callback):
         distances = distances_from_features(
             test_features, train_features, subsets, self.kid_subset_size
         )
-        return {
+        reference = {
             "is_real": inception_score(test_probs, is_splits),
             "fid_real": distances["fid"],
             "kid_real": distances["kid"],
         }
+        if self.prdc_samples > 0:
+            prdc = prdc_from_features(
+                test_features,
+                train_features,
+                self.prdc_samples,
+                self.pr_k,
+                self.dc_k,
+                self.seed,
+                next(evaluator.parameters()).device,
+            )
+            for name in ("precision", "recall", "density", "coverage"):
+                reference[f"{name}_real"] = prdc[name]
+        return reference

@@ -11,7 +11,10 @@ On it:
 - class accuracy of a conditional generator: the fraction of samples of class k that the
   evaluator assigns to k;
 - CAS (classification accuracy score, Ravuri & Vinyals 2019): a fresh classifier of the same
-  architecture trained on generated images only, tested on the real test set.
+  architecture trained on generated images only, tested on the real test set;
+- improved precision and recall (Kynkäänniemi et al. 2019, k = 3) and density and coverage
+  (Naeem et al. 2020, k = 5) on k-nearest-neighbour balls of the same features, hand-written
+  here because no maintained library among the dependencies provides them.
 
 Values are comparable with each other (same dataset, same evaluator), never with published
 Inception-based numbers.
@@ -39,6 +42,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from gendisc.checkpoints import load_checkpoint
 from gendisc.data.batches import to_unit_range
+from gendisc.errors import ConfigError
 from gendisc.nets.classifiers import ConvNet
 
 log = logging.getLogger(__name__)
@@ -290,6 +294,98 @@ def evaluate_images(
     return torch.cat(features), torch.cat(probs)
 
 
+def knn_radii(features: Tensor, k: int, chunk_size: int = 1024) -> Tensor:
+    """Distance of each row of ``features`` (N, D) to its ``k``-th nearest other row, computed
+    ``chunk_size`` rows at a time (memory O(chunk_size * N))."""
+    return _knn_radii(features, (k,), chunk_size)[0]
+
+
+def _knn_radii(features: Tensor, ks: tuple[int, ...], chunk_size: int) -> list[Tensor]:
+    """:func:`knn_radii` for several ``ks`` from one pass over the distances."""
+    n = len(features)
+    if not all(1 <= k < n for k in ks):
+        raise ConfigError(
+            f"k={max(ks)} nearest neighbours need more than k feature vectors (got {n}): lower "
+            f"callbacks.generative_metrics.pr_k / dc_k or raise the sample counts."
+        )
+    radii: list[list[Tensor]] = [[] for _ in ks]
+    for rows in features.split(chunk_size):
+        # the max(ks) + 1 smallest distances include the row's distance to itself (0)
+        nearest = torch.cdist(rows, features).topk(max(ks) + 1, dim=1, largest=False).values
+        for out, k in zip(radii, ks, strict=True):
+            out.append(nearest[:, k])
+    return [torch.cat(out) for out in radii]
+
+
+def precision_recall_density_coverage(
+    real: Tensor,
+    fake: Tensor,
+    pr_k: int = 3,
+    dc_k: int = 5,
+    chunk_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Improved precision / recall (Kynkäänniemi et al. 2019) and density / coverage (Naeem et
+    al. 2020) of feature sets ``real`` (N, D) and ``fake`` (M, D).
+
+    A set's manifold is the union of closed balls around its vectors, each with the radius of the
+    vector's ``k``-th nearest neighbour in its own set. precision: share of fake vectors inside
+    the real manifold (k = ``pr_k``); recall: share of real vectors inside the fake manifold;
+    density: ``(1 / (k M)) sum_j sum_i 1[fake_j in ball_i]`` over the real balls of k = ``dc_k``
+    (can exceed 1); coverage: share of real balls (k = ``dc_k``) holding at least one fake
+    vector. Distances in float64 with ``torch.cdist``, ``chunk_size`` rows at a time, on
+    ``device`` (default: that of ``real``).
+    """
+    device = real.device if device is None else torch.device(device)
+    real, fake = real.to(device, torch.float64), fake.to(device, torch.float64)
+    real_pr, real_dc = _knn_radii(real, (pr_k, dc_k), chunk_size)
+    fake_pr = knn_radii(fake, pr_k, chunk_size)
+    fake_in_real = torch.zeros(len(fake), dtype=torch.bool, device=device)
+    real_in_fake = torch.zeros(len(real), dtype=torch.bool, device=device)
+    covered = torch.zeros(len(real), dtype=torch.bool, device=device)
+    inside = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(real), chunk_size):
+        stop = start + chunk_size
+        distances = torch.cdist(real[start:stop], fake)  # (rows of real, M)
+        fake_in_real |= (distances <= real_pr[start:stop, None]).any(dim=0)
+        real_in_fake[start:stop] = (distances <= fake_pr[None, :]).any(dim=1)
+        in_balls = distances <= real_dc[start:stop, None]
+        inside += in_balls.sum()
+        covered[start:stop] = in_balls.any(dim=1)
+    return {
+        "precision": fake_in_real.double().mean().item(),
+        "recall": real_in_fake.double().mean().item(),
+        "density": inside.item() / (dc_k * len(fake)),
+        "coverage": covered.double().mean().item(),
+    }
+
+
+def prdc_from_features(
+    real: Tensor,
+    fake: Tensor,
+    samples: int | None = 10000,
+    pr_k: int = 3,
+    dc_k: int = 5,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """:func:`precision_recall_density_coverage` on equal-sized sets: ``n = min(samples,
+    len(real), len(fake))`` vectors of each (a seeded random subset of a larger set); the
+    result also holds ``prdc_n`` (that ``n``), ``pr_k`` and ``dc_k``."""
+    n = min(len(real), len(fake), samples if samples is not None else len(real))
+    generator = torch.Generator().manual_seed(seed)
+
+    def subset(features: Tensor) -> Tensor:
+        if len(features) == n:
+            return features
+        return features[torch.randperm(len(features), generator=generator)[:n]]
+
+    values = precision_recall_density_coverage(
+        subset(real), subset(fake), pr_k, dc_k, device=device
+    )
+    return {**values, "prdc_n": float(n), "pr_k": float(pr_k), "dc_k": float(dc_k)}
+
+
 def distances_from_features(
     real: Tensor, fake: Tensor, kid_subsets: int = 50, kid_subset_size: int = 1000
 ) -> dict[str, float]:
@@ -333,6 +429,10 @@ class GenerativeScores:
     inception_score: float
     class_acc: float | None = None
     cas: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    density: float | None = None
+    coverage: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_metrics(self, prefix: str = "gen/") -> dict[str, float]:
@@ -343,6 +443,10 @@ class GenerativeScores:
             "is": self.inception_score,
             "class_acc": self.class_acc,
             "cas": self.cas,
+            "precision": self.precision,
+            "recall": self.recall,
+            "density": self.density,
+            "coverage": self.coverage,
             **self.extra,
         }
         return {f"{prefix}{k}": v for k, v in values.items() if v is not None and math.isfinite(v)}
@@ -362,10 +466,16 @@ def score_samples(
     cas_labels: Tensor | None = None,
     cas_config: EvaluatorConfig | None = None,
     real_features: Tensor | None = None,
+    prdc_samples: int | None = 10000,
+    pr_k: int = 3,
+    dc_k: int = 5,
+    seed: int = 0,
 ) -> GenerativeScores:
     """Every metric of generated images ``fake`` (and, for CAS, a generated training set
     ``cas_images``/``cas_labels``) against the real test set (whose evaluator features may be
-    given, to compute them once)."""
+    given, to compute them once). Precision / recall / density / coverage use ``prdc_samples``
+    of each set at most (equal sizes, see :func:`prdc_from_features`; 0: not computed), with
+    their sample count and k in ``extra``."""
     if real_features is None:
         real_features, _ = evaluate_images(evaluator, real_test)
     fake_features, probs = evaluate_images(evaluator, fake)
@@ -376,6 +486,14 @@ def score_samples(
         kid_std=distances["kid_std"],
         inception_score=inception_score(probs, is_splits),
     )
+    if prdc_samples != 0:
+        device = next(evaluator.parameters()).device
+        prdc = prdc_from_features(
+            real_features, fake_features, prdc_samples, pr_k, dc_k, seed, device
+        )
+        for name in ("precision", "recall", "density", "coverage"):
+            setattr(scores, name, prdc.pop(name))
+        scores.extra.update(prdc)
     if fake_labels is not None:
         scores.class_acc = (probs.argmax(1) == fake_labels.cpu()).float().mean().item()
     if cas_images is not None and cas_labels is not None and len(cas_labels) > 0:
