@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from gendisc.data import FewLabelDataModule, split_labels
 from gendisc.data.batches import TrainBatches
-from gendisc.errors import ConfigError
+from gendisc.errors import ConfigError, DataError
 
 
 def _labels(per_class: int = 50, classes: int = 10) -> np.ndarray:
@@ -116,3 +117,82 @@ def test_train_batches_shard_across_ranks_without_overlap():
     first = [next(iter(shard))["x_unl"] for shard in shards]
     assert len(shards[0]) == len(shards[1])
     assert not torch.equal(first[0], first[1])
+
+
+# ------------------------------------------------------- realistic validation: data.val_per_class
+def test_val_per_class_is_drawn_after_the_labels_and_disjoint():
+    labels = _labels()
+    split = split_labels(labels, 4, None, data_seed=3, val_per_class=6)
+    assert np.bincount(labels[split.labeled], minlength=10).tolist() == [4] * 10
+    assert np.bincount(labels[split.validation], minlength=10).tolist() == [6] * 10
+    assert not set(split.labeled) & set(split.validation)
+    assert set(split.unlabeled) == set(range(len(labels))) - set(split.validation)
+    # the labeled set is the one picked without a validation split; validation continues the
+    # same permutation: each class's next 6 images in it
+    assert np.array_equal(split.labeled, split_labels(labels, 4, 0, data_seed=3).labeled)
+    order = np.random.default_rng(3).permutation(len(labels))
+    expected = [order[labels[order] == c][4:10] for c in range(10)]
+    assert np.array_equal(split.validation, np.sort(np.concatenate(expected)))
+
+
+def test_val_per_class_depends_on_data_seed_only():
+    labels = _labels()
+    first = split_labels(labels, 5, None, data_seed=1, val_per_class=5)
+    torch.manual_seed(999)
+    np.random.seed(999)
+    again = split_labels(labels, 5, None, data_seed=1, val_per_class=5)
+    other = split_labels(labels, 5, None, data_seed=2, val_per_class=5)
+    for name in ("labeled", "validation", "unlabeled"):
+        assert np.array_equal(getattr(first, name), getattr(again, name))
+    assert not np.array_equal(first.validation, other.validation)
+
+
+def test_val_per_class_with_all_labels():
+    labels = _labels()
+    split = split_labels(labels, None, None, data_seed=0, val_per_class=3)
+    assert np.bincount(labels[split.validation], minlength=10).tolist() == [3] * 10
+    assert np.array_equal(split.labeled, split.unlabeled) and len(split.labeled) == 470
+
+
+def test_val_per_class_errors():
+    labels = _labels(per_class=50)
+    with pytest.raises(ConfigError, match=r"data\.val_size=200 and data\.val_per_class=5"):
+        split_labels(labels, 10, 200, data_seed=0, val_per_class=5)
+    with pytest.raises(ConfigError, match=r"data\.val_size=200 and data\.val_per_class=5"):
+        FewLabelDataModule("digits", labels_per_class=10, val_size=200, val_per_class=5)
+    with pytest.raises(ConfigError, match="val_per_class=0 must be at least 1"):
+        split_labels(labels, 10, None, data_seed=0, val_per_class=0)
+    # 50 images per class, 45 labeled: 5 left
+    with pytest.raises(DataError, match=r"val_per_class=6 .* so 5 are left .*val_per_class<=5"):
+        split_labels(labels, 45, None, data_seed=0, val_per_class=6)
+    with pytest.raises(DataError, match=r"'0' has 50, .* so 50 are left .*val_per_class<=50\.$"):
+        split_labels(labels, None, None, data_seed=0, val_per_class=51)
+
+
+def test_digits_datamodule_with_val_per_class():
+    dm = FewLabelDataModule(
+        "digits", labels_per_class=10, val_size=None, val_per_class=10, data_seed=4
+    ).load()
+    assert dm.counts == {
+        "data/labeled": 100,
+        "data/unlabeled": 1337,
+        "data/val": 100,
+        "data/test": 360,
+    }
+    assert torch.bincount(dm.val_labels, minlength=10).tolist() == [10] * 10
+    validation = torch.from_numpy(dm.split.validation)
+    assert torch.equal(dm.val_images, dm.train_images[validation])
+    assert not set(validation.tolist()) & set(dm.labeled_index.tolist())
+    # as many validation labels as training labels; the test split stays untouched
+    assert len(dm.val_labels) == len(dm.labeled_index) and len(dm.test_labels) == 360
+    with pytest.raises(DataError, match=r"there are \('.*' has \d+ training images"):
+        FewLabelDataModule("digits", val_size=None, val_per_class=500).load()
+
+
+def test_val_per_class_from_the_composed_config(make_cfg):
+    default = make_cfg(["data=mnist"], name="default")
+    assert default.data.val_per_class is None and default.data.val_size == 5000  # unchanged
+    cfg = make_cfg(["data.val_size=null", "data.val_per_class=3", "data.labels_per_class=3"])
+    dm = instantiate(cfg.data).load()
+    assert dm.counts["data/val"] == 30 == dm.counts["data/labeled"]
+    assert torch.bincount(dm.val_labels, minlength=10).tolist() == [3] * 10

@@ -11,7 +11,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
-from gendisc.data.protocol import LabelSplit, split_labels
+from gendisc.data.protocol import LabelSplit, check_validation_settings, split_labels
 from gendisc.data.readers import ImageSplits, read_dataset
 from gendisc.errors import ConfigError
 
@@ -29,7 +29,10 @@ class FewLabelDataModule(LightningDataModule):
         download: fetch missing files from the dataset's public mirror.
         labels_per_class: labeled examples per class, or None for all labels.
         val_size: validation images carved from the training set (count or fraction); None uses
-            the dataset's official validation split (MedMNIST).
+            the dataset's official validation split (MedMNIST), or ``val_per_class``.
+        val_per_class: labeled validation images per class, drawn from the training set after
+            the labeled ones with the same ``data_seed`` (needs ``val_size=None``); None: use
+            ``val_size``.
         data_seed: seeds the permutation that picks validation and labeled images; independent
             of the training seed.
         batch_size: labeled images per training step.
@@ -48,6 +51,7 @@ class FewLabelDataModule(LightningDataModule):
         download: bool = False,
         labels_per_class: int | None = 10,
         val_size: int | float | None = 200,
+        val_per_class: int | None = None,
         data_seed: int = 0,
         batch_size: int = 100,
         unlabeled_batch_size: int | None = None,
@@ -62,6 +66,7 @@ class FewLabelDataModule(LightningDataModule):
         self.download = download
         self.labels_per_class = labels_per_class
         self.val_size = val_size
+        self.val_per_class = val_per_class
         self.data_seed = data_seed
         self.batch_size = batch_size
         self.unlabeled_batch_size = unlabeled_batch_size or batch_size
@@ -70,6 +75,7 @@ class FewLabelDataModule(LightningDataModule):
         self.reader_options = dict(reader_options or {})
         if batch_size < 1 or self.unlabeled_batch_size < 1:
             raise ConfigError("data.batch_size and data.unlabeled_batch_size must be at least 1.")
+        check_validation_settings(val_size, val_per_class)
         self.class_names: list[str] = []
         self.split: LabelSplit | None = None
         self.train_images = self.train_labels = self.val_images = self.val_labels = None
@@ -96,11 +102,12 @@ class FewLabelDataModule(LightningDataModule):
             return self
         splits = self._read()
         self.class_names = list(splits.class_names)
-        if self.val_size is None:
+        if self.val_size is None and self.val_per_class is None:
             if splits.val_images is None:
                 raise ConfigError(
                     f"data.val_size=null asks for the official validation split, which "
-                    f"{self.dataset} does not have: set data.val_size to a count or fraction."
+                    f"{self.dataset} does not have: set data.val_size to a count or fraction, "
+                    f"or data.val_per_class to a count per class."
                 )
             split = split_labels(
                 splits.train_labels, self.labels_per_class, 0, self.data_seed, self.class_names
@@ -113,6 +120,7 @@ class FewLabelDataModule(LightningDataModule):
                 self.val_size,
                 self.data_seed,
                 self.class_names,
+                val_per_class=self.val_per_class,
             )
             val_images = splits.train_images[split.validation]
             val_labels = splits.train_labels[split.validation]
