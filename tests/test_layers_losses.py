@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -32,6 +33,9 @@ from gendisc.nets import (
     WeightNormLinear,
     data_dependent_init,
     mark_initialized,
+)
+from gendisc.nets.layers import (
+    weight_norm_once,
 )
 
 
@@ -179,6 +183,31 @@ def test_weight_norm_state_dict_and_mark_initialized() -> None:
     g_before = other.g.clone()
     other(torch.randn(7, 4) * 10)
     assert torch.equal(other.g, g_before)  # marked: the forward does not touch g
+
+
+def test_dense_weight_norm_scales_the_output_as_the_weight_formula() -> None:
+    """(x v^T) * g / ||v|| + b, the dense layer's computation, equals x w^T + b with
+    w = g v / ||v||, values and gradients (float64), also inside ``weight_norm_once``."""
+    torch.manual_seed(0)
+    layer = WeightNormLinear(6, 4).double()
+    mark_initialized(layer)
+    with torch.no_grad():
+        layer.g.uniform_(0.5, 2.0)
+        layer.bias.normal_()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    v, g, b = (t.detach().clone().requires_grad_() for t in (layer.v, layer.g, layer.bias))
+    w = g[:, None] * v / v.norm(dim=1, keepdim=True)
+    expected = x @ w.T + b
+    (expected**2).sum().backward()
+    for cached in (False, True):
+        layer.zero_grad()
+        with weight_norm_once(layer) if cached else contextlib.nullcontext():
+            out = layer(x)
+            out2 = layer(x) if cached else out  # a second pass reuses the scale
+        torch.testing.assert_close(out, expected)
+        ((out**2).sum() + (0 * out2).sum()).backward()
+        for param, reference in ((layer.v, v), (layer.g, g), (layer.bias, b)):
+            torch.testing.assert_close(param.grad, reference.grad)
 
 
 def test_weight_norm_initialises_on_first_forward_and_frozen_scale() -> None:

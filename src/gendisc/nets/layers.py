@@ -68,7 +68,7 @@ class GaussianNoise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.sigma == 0:
             return x
-        return x + self.sigma * torch.randn_like(x)
+        return torch.add(x, torch.randn_like(x), alpha=self.sigma)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -240,11 +240,20 @@ class _WeightNormBase(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.register_buffer("initialized", torch.tensor(not data_init))
         self._init_seen = False  # Python-side cache to avoid a device sync per forward
-        self._weight_cache: Tensor | None = None  # set by ``weight_norm_once``
+        self._prepared: Tensor | None = None  # set by ``weight_norm_once``
         self._cache_depth = 0
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    def _prepare(self) -> Tensor:
+        """What ``_forward_with`` needs from g and v: the effective weight (overridden for dense
+        layers). ``weight_norm_once`` computes it once for several passes."""
+        return self.weight
+
+    def _forward_with(self, x: Tensor, prepared: Tensor) -> Tensor:
+        """The layer's output from its input and ``_prepare()``'s result."""
+        return self._op(x, prepared, self.bias)
 
     def _unit_view(self, t: Tensor) -> Tensor:
         shape = [1] * self.v.dim()
@@ -286,8 +295,8 @@ class _WeightNormBase(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_initialized():
             self._initialize(x)
-        weight = self._weight_cache if self._weight_cache is not None else self.weight
-        return self._op(x, weight, self.bias)
+        prepared = self._prepared if self._prepared is not None else self._prepare()
+        return self._forward_with(x, prepared)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -319,6 +328,17 @@ class WeightNormLinear(_WeightNormBase):
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
+
+    def _prepare(self) -> Tensor:
+        """The per-unit scale g / ||v||."""
+        return self.g / torch.linalg.vector_norm(self.v, dim=1).clamp_min(1e-12)
+
+    def _forward_with(self, x: Tensor, prepared: Tensor) -> Tensor:
+        # x @ (g v / ||v||)^T + b computed as (x @ v^T) * (g / ||v||) + b: the scale acts on
+        # the (batch, out) output instead of the (out, in) weight, which saves several passes
+        # over the weight matrix forward and backward when the batch is smaller than in_features
+        h = F.linear(x, self.v)
+        return torch.addcmul(self.bias.to(h.dtype), h, prepared.to(h.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, init_scale={self.init_scale}"
@@ -422,10 +442,11 @@ def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _DataInitLayer]]:
 
 @contextmanager
 def weight_norm_once(net: nn.Module) -> Iterator[None]:
-    """Inside the block, each initialised weight-norm layer of ``net`` computes its weight
-    ``g * v / ||v||`` once and reuses it in every forward pass (one autograd node whose gradient
-    sums over the passes: the same maths as recomputing it per pass). Do not step an optimiser
-    of ``net`` inside the block. Nested blocks reuse the outer block's weights."""
+    """Inside the block, each initialised weight-norm layer of ``net`` computes its normalised
+    weight (``g * v / ||v||``, or the scale ``g / ||v||`` for dense layers) once and reuses it in
+    every forward pass (one autograd node whose gradient sums over the passes: the same maths as
+    recomputing it per pass). Do not step an optimiser of ``net`` inside the block. Nested
+    blocks reuse the outer block's weights."""
     layers = [
         layer
         for _, layer in _weight_norm_layers(net)
@@ -433,7 +454,7 @@ def weight_norm_once(net: nn.Module) -> Iterator[None]:
     ]
     for layer in layers:
         if layer._cache_depth == 0:
-            layer._weight_cache = layer.weight
+            layer._prepared = layer._prepare()
         layer._cache_depth += 1
     try:
         yield
@@ -441,7 +462,7 @@ def weight_norm_once(net: nn.Module) -> Iterator[None]:
         for layer in layers:
             layer._cache_depth -= 1
             if layer._cache_depth == 0:
-                layer._weight_cache = None
+                layer._prepared = None
 
 
 def has_batch_dependent_layers(net: nn.Module) -> bool:
