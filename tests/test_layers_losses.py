@@ -210,6 +210,37 @@ def test_dense_weight_norm_scales_the_output_as_the_weight_formula() -> None:
             torch.testing.assert_close(param.grad, reference.grad)
 
 
+def test_dense_weight_norm_gradients_pass_gradcheck_and_run_under_bf16_autocast() -> None:
+    torch.manual_seed(1)
+    layer = WeightNormLinear(5, 3).double()
+    mark_initialized(layer)
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    params = (layer.v, layer.g, layer.bias)
+
+    def f(x, v, g, b):
+        return torch.func.functional_call(layer, {"v": v, "g": g, "bias": b}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+    # bf16 autocast on CPU: output in bf16, gradients in the parameters' and input's dtypes,
+    # close to float32's
+    layer32 = WeightNormLinear(64, 32)
+    mark_initialized(layer32)
+    x32 = torch.randn(16, 64, requires_grad=True)
+    ref = layer32(x32)
+    ref.square().sum().backward()
+    expected = [t.grad.clone() for t in (x32, layer32.v, layer32.g, layer32.bias)]
+    for t in (x32, layer32.v, layer32.g, layer32.bias):
+        t.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer32(x32)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    out.float().square().sum().backward()
+    for t, e in zip((x32, layer32.v, layer32.g, layer32.bias), expected, strict=True):
+        assert t.grad.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(t.grad.flatten(), e.flatten(), dim=0) > 0.99
+
+
 def test_weight_norm_initialises_on_first_forward_and_frozen_scale() -> None:
     torch.manual_seed(0)
     layer = WeightNormLinear(5, 3, train_scale=False)

@@ -303,6 +303,58 @@ class _WeightNormBase(nn.Module):
         self._init_seen = False
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of x's matrix products: autocast's where it is on for x's device."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _WeightNormDense(torch.autograd.Function):
+    """y = (x v^T) * s + b with s = g / ||v||: the weight-norm dense layer with its gradients
+    written out. Hand-written because autograd's version of the same maths takes several extra
+    passes over the weight matrix (the norm's backward, the sum of two gradient terms):
+
+        dL/dh = dL/dy * s,  dL/dx = dL/dh v,  dL/db = sum_n dL/dy,
+        q = sum_n dL/dy * h,  dL/dg = q / ||v||,  dL/dv = dL/dh^T x - (q g / ||v||^3) v.
+
+    ``norm`` is ||v|| computed by the caller (``weight_norm_once`` reuses it across passes).
+    Under autocast x and v are cast once to its dtype (bf16) for both products and the
+    backward's; v's gradient is accumulated in v's dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, v: Tensor, g: Tensor, bias: Tensor, norm: Tensor) -> Tensor:
+        dtype = _compute_dtype(x)
+        xc, vc = x.to(dtype), v.to(dtype)
+        scale = g / norm
+        h = xc @ vc.t()
+        ctx.save_for_backward(xc, vc, v, h, g, norm, scale)
+        ctx.x_dtype = x.dtype
+        return torch.addcmul(bias.to(dtype), h, scale.to(dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
+        xc, vc, v, h, g, norm, scale = ctx.saved_tensors
+        need_x, need_v, need_g, need_b, _ = ctx.needs_input_grad
+        grad_y = grad_y.to(h.dtype)
+        grad_x = grad_v = grad_g = grad_b = None
+        grad_h = grad_y * scale.to(h.dtype)
+        if need_x:
+            grad_x = (grad_h @ vc).to(ctx.x_dtype)
+        if need_v or need_g:
+            q = (grad_y * h).sum(0, dtype=norm.dtype)
+            if need_g:
+                grad_g = q / norm
+            if need_v:
+                grad_v = (grad_h.t() @ xc).to(v.dtype)
+                grad_v.addcmul_(v, (-q * g / norm**3).unsqueeze(1))
+        if need_b:
+            grad_b = grad_y.sum(0, dtype=norm.dtype)
+        return grad_x, grad_v, grad_g, grad_b, None
+
+
 class WeightNormLinear(_WeightNormBase):
     """Weight-normalised dense layer; v ~ N(0, weight_init_std^2) (0.1 as in the MNIST code)."""
 
@@ -329,16 +381,18 @@ class WeightNormLinear(_WeightNormBase):
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
 
+    @torch.no_grad()
     def _prepare(self) -> Tensor:
-        """The per-unit scale g / ||v||."""
-        return self.g / torch.linalg.vector_norm(self.v, dim=1).clamp_min(1e-12)
+        """||v|| per output unit (a constant for autograd: ``_WeightNormDense`` differentiates
+        through it analytically)."""
+        return torch.linalg.vector_norm(self.v, dim=1).clamp_min(1e-12)
 
     def _forward_with(self, x: Tensor, prepared: Tensor) -> Tensor:
-        # x @ (g v / ||v||)^T + b computed as (x @ v^T) * (g / ||v||) + b: the scale acts on
-        # the (batch, out) output instead of the (out, in) weight, which saves several passes
-        # over the weight matrix forward and backward when the batch is smaller than in_features
-        h = F.linear(x, self.v)
-        return torch.addcmul(self.bias.to(h.dtype), h, prepared.to(h.dtype))
+        lead = x.shape[:-1]
+        y = _WeightNormDense.apply(
+            x.reshape(-1, self.in_features), self.v, self.g, self.bias, prepared
+        )
+        return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, init_scale={self.init_scale}"
