@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import gendisc.checkpoints as checkpoints
-from gendisc.callbacks.run_config import CONFIG_KEY
-from gendisc.checkpoints import load_checkpoint, load_module, module_from_checkpoint
+from gendisc.checkpoints import CONFIG_KEY, load_checkpoint, load_module, module_from_checkpoint
 from gendisc.errors import ConfigError
 from gendisc.eval import evaluate
 from gendisc.sample import sample

@@ -113,6 +113,21 @@ def test_minibatch_discrimination_widens_the_head(make_cfg):
     assert minimax.unlabeled_streams == 1
 
 
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        ([], {"x", "y", "x_unl", "x_unl2"}),  # feature matching: one more unlabeled batch for G
+        (["model.generator_objective=minimax"], {"x", "y", "x_unl"}),
+        (["model=classifier"], {"x", "y"}),
+    ],
+)
+def test_build_serves_the_unlabeled_streams_the_model_asks_for(make_cfg, overrides, keys):
+    """The datamodule gets the stream count from build(), not from the trainer's module."""
+    datamodule, model = build(make_cfg(overrides))
+    assert datamodule.unlabeled_streams == model.unlabeled_streams
+    assert set(next(iter(datamodule.train_dataloader()))) == keys
+
+
 def test_evaluation_uses_the_ema_discriminator(make_cfg):
     _, model = build(make_cfg())
     assert isinstance(model, SSLGANModule) and model.ema is not None

@@ -354,7 +354,7 @@ def resolve(cfg, key: str):
     """A config value, resolved (the first GendiscError behind a resolver's failure raised)."""
     from omegaconf import OmegaConf
 
-    from gendisc.utils.failures import gendisc_cause
+    from gendisc.errors import gendisc_cause
 
     try:
         return OmegaConf.select(cfg, key, throw_on_missing=True)

@@ -18,10 +18,10 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
-from gendisc.callbacks.run_config import CONFIG_KEY
 from gendisc.errors import ConfigError
 
 __all__ = [
+    "CONFIG_KEY",
     "load_checkpoint",
     "load_module",
     "load_run_config",
@@ -30,6 +30,9 @@ __all__ = [
     "restore_weights",
     "run_config",
 ]
+
+# the key under which every gendisc checkpoint stores its resolved run config
+CONFIG_KEY = "gendisc_config"
 
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 

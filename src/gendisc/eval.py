@@ -8,7 +8,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from gendisc.callbacks.report import EvaluationReport
+from gendisc.callbacks.run_report import EvaluationReport
 from gendisc.checkpoints import load_checkpoint, restore_weights, run_config
 from gendisc.utils.build import build
 from gendisc.utils.config import (

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.random_state import RandomStateCheckpoint
-from gendisc.callbacks.report import EvaluationReport
 from gendisc.callbacks.run_config import StoreRunConfig
+from gendisc.callbacks.run_report import EvaluationReport
 from gendisc.errors import ConfigError
 from gendisc.utils import distributed, resume
 from gendisc.utils.build import build

@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 
-CONFIG_KEY = "gendisc_config"
+from gendisc.checkpoints import CONFIG_KEY
 
 
 class StoreRunConfig(Callback):

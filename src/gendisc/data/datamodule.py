@@ -41,6 +41,11 @@ class FewLabelDataModule(LightningDataModule):
         device_memory_mb: keep the uint8 dataset on the training accelerator when it needs less
             than this; batches are then sliced there with no host-to-device copies.
         reader_options: extra keyword arguments for the reader (image_size, grayscale, ...).
+
+    Attributes:
+        unlabeled_streams: independent unlabeled batches per training step (0 for supervised
+            modules). The model decides it; ``gendisc.utils.build.build`` copies the model's
+            value here, so the data never looks up the module it serves.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class FewLabelDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.device_memory_mb = device_memory_mb
         self.reader_options = dict(reader_options or {})
+        self.unlabeled_streams = 0
         if batch_size < 1 or self.unlabeled_batch_size < 1:
             raise ConfigError("data.batch_size and data.unlabeled_batch_size must be at least 1.")
         check_validation_settings(val_size, val_per_class)
@@ -202,7 +208,6 @@ class FewLabelDataModule(LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def train_dataloader(self) -> TrainBatches:
-        module = self.trainer.lightning_module if self.trainer is not None else None
         rank, world = self._rank_world()
         return TrainBatches(
             self.train_images,
@@ -211,7 +216,7 @@ class FewLabelDataModule(LightningDataModule):
             self.unlabeled_index,
             batch_size=self.batch_size,
             unlabeled_batch_size=self.unlabeled_batch_size,
-            unlabeled_streams=getattr(module, "unlabeled_streams", 0),
+            unlabeled_streams=self.unlabeled_streams,
             seed=torch.initial_seed() % 2**31,
             rank=rank,
             world_size=world,

@@ -26,7 +26,7 @@ from gendisc.nets.layers import (
     as_shape,
 )
 
-__all__ = ["DCGANGenerator", "MLPGenerator", "SalimansMLPGenerator"]
+__all__ = ["DCGANGenerator", "MLPGenerator", "SalimansMLPGenerator", "seed_size"]
 
 _LATENTS = ("normal", "uniform")
 
@@ -231,7 +231,7 @@ class MLPGenerator(_Generator):
         return torch.tanh(_run(self.net, h, ref_size))
 
 
-def _seed_size(h: int, w: int, max_upsamples: int) -> tuple[int, int, int]:
+def seed_size(h: int, w: int, max_upsamples: int) -> tuple[int, int, int]:
     """Number k of 2x upsamplings and seed size (h / 2^k, w / 2^k), halving while both sides
     are even, the halves stay >= 4 and k < max_upsamples: 32 -> 4 (k=3), 28 -> 7, 8 -> 4."""
     k = 0
@@ -277,7 +277,7 @@ class DCGANGenerator(_Generator):
         if kernel_size < 2:
             raise ConfigError(f"kernel_size must be >= 2, got {kernel_size}")
         c_out, h, w = self.out_shape
-        k, h0, w0 = _seed_size(h, w, max_upsamples)
+        k, h0, w0 = seed_size(h, w, max_upsamples)
         self.seed_shape = (base_channels * 2**k, h0, w0)
         normed = batch_norm or self.virtual_batch_norm
         vbn = self.virtual_batch_norm

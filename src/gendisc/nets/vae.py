@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from gendisc.errors import ConfigError
 from gendisc.nets.classifiers import ConvNet, MLPClassifier
-from gendisc.nets.generators import _seed_size
+from gendisc.nets.generators import seed_size
 from gendisc.nets.layers import activation_layer, as_shape
 
 __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
@@ -199,7 +199,7 @@ class ConvDecoder(_Decoder):
         super().__init__()
         self._setup(latent_dim, out_shape, num_classes)
         c_out, h, w = self.out_shape
-        k, h0, w0 = _seed_size(h, w, max_upsamples)
+        k, h0, w0 = seed_size(h, w, max_upsamples)
         c = base_channels * 2**k
         self.seed_shape = (c, h0, w0)
         layers: list[nn.Module] = [nn.Linear(self.input_dim, math.prod(self.seed_shape))]

@@ -40,7 +40,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gendisc.callbacks.report import print_results_table
+from gendisc.callbacks.run_report import print_results_table
 from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT, print_config_tree, register_resolvers

@@ -8,7 +8,8 @@ from omegaconf import DictConfig
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule (data read, label protocol applied) and the model sized for its data."""
+    """The datamodule (data read, label protocol applied) and the model sized for its data;
+    the datamodule serves as many unlabeled streams per step as the model asks for."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     datamodule.load()
     model = hydra.utils.instantiate(
@@ -18,4 +19,5 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         class_names=datamodule.class_names,
         _convert_="all",
     )
+    datamodule.unlabeled_streams = getattr(model, "unlabeled_streams", 0)
     return datamodule, model

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from gendisc.errors import ConfigError
+from gendisc.errors import ConfigError, gendisc_cause
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -84,13 +84,32 @@ def sweep_direction(metric: str | None, mode: str | None = None) -> str:
     return "minimize" if optimized_mode(metric, mode) == "min" else "maximize"
 
 
+def slurm_gpus(accelerator: str, devices: Any) -> int:
+    """Resolver ``slurm_gpus``: GPUs per node for the SLURM launcher (``trainer.devices``, or 0)."""
+    if str(accelerator) not in ("gpu", "cuda", "auto"):
+        return 0
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    raise ConfigError(
+        f"trainer.devices={devices}: with hydra/launcher=slurm give a GPU count per node "
+        "(e.g. trainer.devices=4), so SLURM can reserve them."
+    )
+
+
+def slurm_tasks(devices: Any) -> int:
+    """Resolver ``slurm_tasks``: one SLURM task per device (Lightning uses SLURM's ranks)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    raise ConfigError(
+        f"trainer.devices={devices}: with hydra/launcher=slurm give a device count per node "
+        "(e.g. trainer.devices=4): SLURM starts one task per device."
+    )
+
+
 def register_resolvers() -> None:
     """Resolvers used by the configs (``run_id`` is cached per config so a run keeps one id;
     ``monitor_mode`` / ``sweep_direction`` give optimized_metric's min/max, see
     ``optimized_mode``)."""
-    # imported here: distributed.py imports modules that use this one
-    from gendisc.utils.distributed import slurm_gpus, slurm_tasks
-
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _unique_run_id, use_cache=True)
     if not OmegaConf.has_resolver("project_root"):
@@ -119,8 +138,6 @@ def register_mode_resolvers() -> None:
 def _branch_yaml(value: DictConfig) -> str:
     """A config branch as resolved YAML; unresolved when a setting is invalid (a GendiscError in
     a resolver): the run reports that error itself, as one clear message (failure.json)."""
-    from gendisc.utils.failures import gendisc_cause  # failures.py imports this module
-
     try:
         return OmegaConf.to_yaml(value, resolve=True)
     except Exception as error:

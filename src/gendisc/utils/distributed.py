@@ -22,8 +22,7 @@ import torch
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, open_dict
 
-from gendisc.callbacks.run_config import CONFIG_KEY
-from gendisc.checkpoints import load_checkpoint
+from gendisc.checkpoints import CONFIG_KEY, load_checkpoint
 from gendisc.errors import ConfigError
 from gendisc.utils.resume import is_multirun, resolve_ckpt_path
 
@@ -37,28 +36,6 @@ DDP_MULTIRUN_ENV = "GENDISC_DDP_MULTIRUN"
 DDP_SEED_ENV = "GENDISC_DDP_SEED"
 # Environment that a multi-process launch leaves behind in rank 0; cleared after each job.
 _DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-def slurm_gpus(accelerator: str, devices: Any) -> int:
-    """Resolver ``slurm_gpus``: GPUs per node for the SLURM launcher (``trainer.devices``, or 0)."""
-    if str(accelerator) not in ("gpu", "cuda", "auto"):
-        return 0
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    raise ConfigError(
-        f"trainer.devices={devices}: with hydra/launcher=slurm give a GPU count per node "
-        "(e.g. trainer.devices=4), so SLURM can reserve them."
-    )
-
-
-def slurm_tasks(devices: Any) -> int:
-    """Resolver ``slurm_tasks``: one SLURM task per device (Lightning uses SLURM's ranks)."""
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    raise ConfigError(
-        f"trainer.devices={devices}: with hydra/launcher=slurm give a device count per node "
-        "(e.g. trainer.devices=4): SLURM starts one task per device."
-    )
 
 
 def global_rank() -> int:

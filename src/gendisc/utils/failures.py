@@ -14,20 +14,11 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
-from gendisc.errors import GendiscError
+from gendisc.errors import gendisc_cause
 from gendisc.utils.distributed import DDP_MULTIRUN_ENV, global_rank
 from gendisc.utils.resume import is_multirun
 
 log = logging.getLogger(__name__)
-
-
-def gendisc_cause(error: BaseException) -> GendiscError | None:
-    """The GendiscError behind ``error`` (Hydra wraps errors raised while instantiating)."""
-    while error is not None:
-        if isinstance(error, GendiscError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 @contextlib.contextmanager

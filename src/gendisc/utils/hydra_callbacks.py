@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gendisc.callbacks.report import print_results_table
+from gendisc.callbacks.run_report import print_results_table
 
 
 class SweepSummary(Callback):
