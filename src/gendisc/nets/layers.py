@@ -68,7 +68,11 @@ class GaussianNoise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.sigma == 0:
             return x
-        return torch.add(x, torch.randn_like(x), alpha=self.sigma)
+        # drawn in float32 and cast for lower precisions: torch's CPU generator is slower in bf16
+        noise = torch.randn(
+            x.shape, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)
+        )
+        return torch.add(x, noise.to(x.dtype), alpha=self.sigma)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -240,18 +244,18 @@ class _WeightNormBase(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.register_buffer("initialized", torch.tensor(not data_init))
         self._init_seen = False  # Python-side cache to avoid a device sync per forward
-        self._prepared: Tensor | None = None  # set by ``weight_norm_once``
+        self._prepared: Any = None  # set by ``weight_norm_once``
         self._cache_depth = 0
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def _prepare(self) -> Tensor:
+    def _prepare(self) -> Any:
         """What ``_forward_with`` needs from g and v: the effective weight (overridden for dense
         layers). ``weight_norm_once`` computes it once for several passes."""
         return self.weight
 
-    def _forward_with(self, x: Tensor, prepared: Tensor) -> Tensor:
+    def _forward_with(self, x: Tensor, prepared: Any) -> Tensor:
         """The layer's output from its input and ``_prepare()``'s result."""
         return self._op(x, prepared, self.bias)
 
@@ -319,14 +323,17 @@ class _WeightNormDense(torch.autograd.Function):
         dL/dh = dL/dy * s,  dL/dx = dL/dh v,  dL/db = sum_n dL/dy,
         q = sum_n dL/dy * h,  dL/dg = q / ||v||,  dL/dv = dL/dh^T x - (q g / ||v||^3) v.
 
-    ``norm`` is ||v|| computed by the caller (``weight_norm_once`` reuses it across passes).
-    Under autocast x and v are cast once to its dtype (bf16) for both products and the
-    backward's; v's gradient is accumulated in v's dtype."""
+    ``norm`` is ||v|| and ``vc`` is v in the products' dtype, both computed by the caller
+    (``weight_norm_once`` reuses them across passes). Under autocast x and v are used in its
+    dtype (bf16) for the forward and backward products; v's gradient is in v's dtype."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, v: Tensor, g: Tensor, bias: Tensor, norm: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, v: Tensor, g: Tensor, bias: Tensor, norm: Tensor, vc: Tensor
+    ) -> Tensor:
         dtype = _compute_dtype(x)
-        xc, vc = x.to(dtype), v.to(dtype)
+        xc = x.to(dtype)
+        vc = vc if vc.dtype == dtype else v.to(dtype)
         scale = g / norm
         h = xc @ vc.t()
         ctx.save_for_backward(xc, vc, v, h, g, norm, scale)
@@ -337,7 +344,7 @@ class _WeightNormDense(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         xc, vc, v, h, g, norm, scale = ctx.saved_tensors
-        need_x, need_v, need_g, need_b, _ = ctx.needs_input_grad
+        need_x, need_v, need_g, need_b = ctx.needs_input_grad[:4]
         grad_y = grad_y.to(h.dtype)
         grad_x = grad_v = grad_g = grad_b = None
         grad_h = grad_y * scale.to(h.dtype)
@@ -352,7 +359,7 @@ class _WeightNormDense(torch.autograd.Function):
                 grad_v.addcmul_(v, (-q * g / norm**3).unsqueeze(1))
         if need_b:
             grad_b = grad_y.sum(0, dtype=norm.dtype)
-        return grad_x, grad_v, grad_g, grad_b, None
+        return grad_x, grad_v, grad_g, grad_b, None, None
 
 
 class WeightNormLinear(_WeightNormBase):
@@ -382,15 +389,17 @@ class WeightNormLinear(_WeightNormBase):
         return F.linear(x, weight, bias)
 
     @torch.no_grad()
-    def _prepare(self) -> Tensor:
-        """||v|| per output unit (a constant for autograd: ``_WeightNormDense`` differentiates
-        through it analytically)."""
-        return torch.linalg.vector_norm(self.v, dim=1).clamp_min(1e-12)
+    def _prepare(self) -> tuple[Tensor, Tensor]:
+        """||v|| per output unit and v in the products' dtype (autocast's when it is on),
+        constants for autograd: ``_WeightNormDense`` differentiates through them analytically."""
+        norm = torch.linalg.vector_norm(self.v, dim=1).clamp_min(1e-12)
+        return norm, self.v.to(_compute_dtype(self.v))
 
-    def _forward_with(self, x: Tensor, prepared: Tensor) -> Tensor:
+    def _forward_with(self, x: Tensor, prepared: tuple[Tensor, Tensor]) -> Tensor:
         lead = x.shape[:-1]
+        norm, vc = prepared
         y = _WeightNormDense.apply(
-            x.reshape(-1, self.in_features), self.v, self.g, self.bias, prepared
+            x.reshape(-1, self.in_features), self.v, self.g, self.bias, norm, vc
         )
         return y.reshape(*lead, self.out_features)
 
