@@ -6,12 +6,13 @@ TORCH_VERSION ?= 2.13.0
 SHARED_DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test lint format bench clean help
+.PHONY: setup train test test-fast lint format bench clean help
 
 help:
 	@echo "make setup  - create $(VENV) and install gendisc with its dependencies"
 	@echo "make train  - set up, then run the default experiment"
-	@echo "make test   - set up, then run the test suite"
+	@echo "make test   - set up, then run the whole test suite (what CI runs)"
+	@echo "make test-fast - the suite without the tests marked slow (the inner loop)"
 	@echo "make bench  - ssl_gan training speed: framework vs plain PyTorch loop"
 	@echo "make lint   - ruff check"
 
@@ -32,6 +33,10 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# in-process tests only: no subprocess sweeps, DDP, kill-and-resume or non-digits experiments
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ssl_gan under Lightning vs a plain PyTorch loop of the same work: prints "ratio: X"
 bench: setup

@@ -62,6 +62,7 @@ def test_bad_checkpoint_gives_one_error_naming_file_and_setting(kind, tmp_path):
         assert "NotATensor" in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "truncated", "unsafe"])
 def test_eval_cli_refuses_bad_checkpoint_with_one_line(kind, tmp_path):
     path = _bad_files(tmp_path)[kind]

@@ -202,6 +202,7 @@ def test_gan_run_writes_metrics_and_samples(tiny_cgan_run):
     assert report["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_sample_cli_writes_png_and_npz(tiny_cgan_run, tmp_path):
     run, _ = tiny_cgan_run
     ckpt = run / "checkpoints" / "last.ckpt"

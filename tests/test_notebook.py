@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from gendisc.utils.config import PROJECT_ROOT
@@ -19,6 +20,7 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_tables_and_plots_of_a_sweep(tiny_sweep, monkeypatch):
     monkeypatch.setenv("GENDISC_SWEEP_DIRS", str(tiny_sweep))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -46,6 +46,7 @@ def _wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float =
     raise TimeoutError(f"no checkpoint at {path}")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(make_cfg, tmp_path):
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(

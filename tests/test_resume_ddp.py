@@ -193,6 +193,7 @@ def _probes(run: Path) -> list[dict[str, Any]]:
     return [json.loads((run / f"probe_rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_killed_ddp_run_resumes_to_the_metrics_of_an_uninterrupted_one(ddp_runs):
     checkpoint = torch.load(ddp_runs["epoch0"], map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0
@@ -211,6 +212,7 @@ def test_killed_ddp_run_resumes_to_the_metrics_of_an_uninterrupted_one(ddp_runs)
     assert (resumed["seed"], resumed["epochs"], resumed["global_step"]) == (3, 2, 20)
 
 
+@pytest.mark.slow
 def test_each_rank_resumes_its_own_random_stream(ddp_runs):
     resumed, reference = _probes(ddp_runs["resumed"]), _probes(ddp_runs["uninterrupted"])
     for rank in (0, 1):
@@ -229,6 +231,7 @@ def test_each_rank_resumes_its_own_random_stream(ddp_runs):
         assert reference[0]["latents"][epoch] != reference[1]["latents"][epoch]
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_resumes_in_one_process_with_rederived_generators(ddp_runs, make_cfg):
     from gendisc.train import train
 

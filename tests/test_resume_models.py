@@ -68,6 +68,7 @@ def _metrics(run_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not k.startswith(VOLATILE)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_killed_run_resumes_exactly(name, tmp_path, generative_cache, request):
     overrides = [*CASES[name], *TINY]

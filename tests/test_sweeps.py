@@ -21,6 +21,7 @@ from tests.conftest import (
 TINY = ["data=digits", "data.val_size=100", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 
 
+@pytest.mark.slow
 def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     failed, good = tiny_sweep / "0", tiny_sweep / "1"
     # job 0: NaN loss in its second epoch -> failure.json, no results, last good checkpoint kept
@@ -40,6 +41,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     assert (good / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_report_counts_completed_and_failed_jobs(tiny_sweep, tmp_path):
     runs = load_runs(tiny_sweep)
     assert list(runs["status"]) == ["failed", "completed"]
@@ -75,6 +77,7 @@ def test_optuna_search_configs_optimise_validation_params_that_exist(search, mod
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_and_picks_the_best_validation_trial(tmp_path):
     sweep = tmp_path / "optuna"
     run_gendisc(
@@ -96,6 +99,7 @@ def test_optuna_search_runs_and_picks_the_best_validation_trial(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_worker_processes(tmp_path):
     sweep = tmp_path / "joblib"
     result = run_gendisc(
@@ -184,6 +188,7 @@ def test_sweepers_get_the_best_validation_score_never_a_test_metric():
     assert math.isclose(optimized_value(cfg, {"val/acc": 0.5}), 0.5)
 
 
+@pytest.mark.slow
 def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
     generative_cache, tmp_path
 ):

@@ -22,6 +22,20 @@ from gendisc.utils.config import PROJECT_ROOT
 from tests.conftest import CONFIG_DIR, compose_config, requires_mnist, shared_data_dir
 
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def _experiment_dataset(name: str) -> str:
+    """The data config an experiment selects (``override /data: X``), else the default."""
+    text = (PROJECT_ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+    found = re.search(r"override /data:\s*(\w+)", text)
+    return found.group(1) if found else "digits"
+
+
+# experiments on digits run in the fast tier; the others read (or fake) larger datasets
+EXPERIMENT_PARAMS = [
+    name if _experiment_dataset(name) == "digits" else pytest.param(name, marks=pytest.mark.slow)
+    for name in EXPERIMENTS
+]
 # experiments that need a checkpoint given on the command line
 NEEDS_CHECKPOINT = {"transfer_mnist_to_fashion"}
 # experiments that need a class-conditional generator checkpoint (model.generator_ckpt): the data
@@ -68,7 +82,7 @@ def write_fake_rgb_datasets(root: Path, per_class: int = 6) -> tuple[Path, dict[
     return root, md5s
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", EXPERIMENT_PARAMS)
 def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monkeypatch):
     overrides = [f"experiment={experiment}", "debug=fdr"]
     if any(name in experiment for name in ("cifar10", "svhn")):  # GPU-sized: fake tiny files
@@ -222,6 +236,7 @@ def _gendisc_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -242,6 +257,7 @@ def test_bad_input_gives_one_clear_error(overrides, expected, tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_for_init_from(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
@@ -446,6 +462,7 @@ def test_best_checkpoint_on_val_loss_has_the_lowest_val_loss(make_cfg, tmp_path)
     assert float(checkpoint["best_model_score"]) == pytest.approx(losses[best_epoch], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_contradicted_mode_stops_gendisc_train_with_one_clear_error(tmp_path):
     # the config printout (on here) shows the unresolved setting; the run reports the error
     result = _gendisc_train(
