@@ -19,6 +19,15 @@ from gendisc.utils.config import PROJECT_ROOT
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 
+def assert_accuracy_is_the_confusion_trace(metrics: dict, tested: int) -> None:
+    """The report's exact arithmetic: its confusion matrix counts the ``tested`` images and
+    ``test/acc`` is its diagonal over that count (whatever the model learned)."""
+    matrix = metrics["test/confusion_matrix"]
+    assert sum(map(sum, matrix)) == tested
+    trace = sum(row[i] for i, row in enumerate(matrix))
+    assert metrics["test/acc"] == pytest.approx(trace / tested, abs=1e-6)
+
+
 def shared_data_dir() -> Path:
     """The offline dataset copies: $GENDISC_DATA_DIR, else ../shared/data beside the project."""
     return Path(os.environ.get("GENDISC_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data")

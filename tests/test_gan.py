@@ -20,7 +20,11 @@ from gendisc.nets import MLPClassifier, MLPGenerator
 from gendisc.sample import write_samples
 from gendisc.train import train
 from gendisc.utils.build import build
-from tests.conftest import shared_data_dir, single_thread_env
+from tests.conftest import (
+    assert_accuracy_is_the_confusion_trace,
+    shared_data_dir,
+    single_thread_env,
+)
 
 SHAPE = (1, 8, 8)
 K = 4
@@ -182,8 +186,9 @@ def test_conditional_concat_spectral_norm_fast_dev_run(make_cfg):
             ]
         )
     )
-    assert 0.0 <= metrics["test/acc"] <= 1.0
-    assert 0.0 <= metrics["gen/class_acc"] <= 1.0 and 0.0 <= metrics["gen/cas"] <= 1.0
+    assert_accuracy_is_the_confusion_trace(metrics, 360)
+    # under fast_dev_run the evaluator is untrained: only that the metrics are produced
+    assert {"gen/fid", "gen/class_acc", "gen/cas"} <= metrics.keys()
 
 
 def test_gan_run_writes_metrics_and_samples(tiny_cgan_run):
@@ -191,8 +196,8 @@ def test_gan_run_writes_metrics_and_samples(tiny_cgan_run):
     report = json.loads((run / "metrics.json").read_text())
     for key in ("gen/fid", "gen/kid", "gen/is", "gen/cas", "gen/class_acc", "gen/evaluator_acc"):
         assert isinstance(report[key], float), key
-    assert report["gen/fid"] > 0 and 1.0 <= report["gen/is"] <= 10.0
-    assert 0.0 <= report["test/acc"] <= 1.0  # the projection discriminator as a classifier
+    assert report["gen/fid"] > 10 * report["gen/fid_real"] and 1.0 <= report["gen/is"] <= 10.0
+    assert_accuracy_is_the_confusion_trace(report, 360)  # the projection D as a classifier
     grid = Image.open(run / "samples.png")
     # 10 classes x 10 columns of 8x8 digits enlarged to 32x32 with 2-pixel padding
     assert grid.size == (10 * 34 + 2, 10 * 34 + 2)

@@ -218,9 +218,13 @@ def test_prdc_on_evaluator_features_of_half_the_digits(digits, evaluator):
 def test_gan_run_writes_precision_recall_density_coverage(tiny_cgan_run):
     run, _ = tiny_cgan_run
     report = json.loads((run / "metrics.json").read_text())
-    for name in ("precision", "recall", "coverage", "precision_real", "coverage_real"):
-        assert 0.0 <= report[f"gen/{name}"] <= 1.0, name
-    assert report["gen/density"] >= 0.0 and report["gen/density_real"] > 0.0
+    # real training images against the test set: near 1 (0.95, 0.96, 1.04, 0.98 measured);
+    # the generator after 6 steps: far below (0.06, 0, 0.06, 0.06)
+    for name in ("precision", "recall", "coverage"):
+        assert report[f"gen/{name}_real"] > 0.8, name
+        assert report[f"gen/{name}"] < report[f"gen/{name}_real"] - 0.3, name
+    assert 0.7 < report["gen/density_real"] < 1.3
+    assert report["gen/density"] < report["gen/density_real"] - 0.3
     # 200 samples against the 360 test images: 200 of each, k as in the papers
     assert (report["gen/prdc_n"], report["gen/pr_k"], report["gen/dc_k"]) == (200, 3, 5)
 

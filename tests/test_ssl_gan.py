@@ -13,6 +13,7 @@ from gendisc.models.ssl_gan import SSLGANModule
 from gendisc.train import train
 from gendisc.utils.build import build
 from gendisc.utils.config import PROJECT_ROOT
+from tests.conftest import assert_accuracy_is_the_confusion_trace
 
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
 
@@ -95,7 +96,8 @@ def test_same_labeled_set_for_joint_module_and_baseline(make_cfg):
 )
 def test_switches_train_end_to_end(make_cfg, overrides):
     metrics = train(make_cfg([*TINY, *overrides]))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    # a learning signal: 6 steps give 0.72 to 0.78 test accuracy on CPU (chance: 0.1)
+    assert metrics["test/acc"] > 0.4 and metrics["val/acc_best"] >= metrics["val/acc"]
     assert math.isfinite(metrics["train/d_loss"]) and math.isfinite(metrics["train/g_loss"])
     # with the EMA evaluated, the raw discriminator's validation accuracy is logged beside it
     assert ("val/acc_raw" in metrics) == ("model.ema_decay=null" not in overrides)
@@ -184,7 +186,7 @@ ABLATIONS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "ablation").glob("*.
 def test_every_ablation_runs_fast_dev_run(make_cfg, ablation):
     cfg = make_cfg([f"ablation={ablation}", "debug=fdr"])
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert_accuracy_is_the_confusion_trace(metrics, 360)  # one batch: the whole test set
 
 
 def test_restored_weights_are_not_reinitialised_on_resume(make_cfg):
