@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import hydra
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,30 @@ def test_fast_dev_run_with_a_vae_generator(tiny_cvae_run, make_cfg, threshold, k
     assert_accuracy_is_the_confusion_trace(metrics, 360)
 
 
+def test_the_generator_stage_gets_the_classifiers_labels_and_validation(make_cfg):
+    """With data.val_per_class the generator learns from the classifier's labeled images and
+    never sees its validation images as labeled ones."""
+    overrides = [
+        "experiment=augment_digits",
+        "data.labels_per_class=3",
+        "data.val_size=null",
+        "data.val_per_class=5",
+        "data.data_seed=2",
+    ]
+    stage1 = generator_overrides(make_cfg(overrides), overrides)
+    assert stage1[-4:] == [
+        "data.labels_per_class=3",
+        "data.val_size=null",
+        "data.val_per_class=5",
+        "data.data_seed=2",
+    ]
+    classifier = hydra.utils.instantiate(make_cfg(overrides).data).load()
+    generator = hydra.utils.instantiate(make_cfg(stage1, name="stage1").data).load()
+    assert torch.equal(generator.labeled_index, classifier.labeled_index)
+    assert len(generator.labeled_index) == 30 and len(generator.val_labels) == 50
+    assert torch.equal(generator.val_images, classifier.val_images)
+
+
 def test_two_stage_pipeline(make_cfg, generative_cache, tmp_path):
     tiny = generative_test_overrides(generative_cache)
     stage1_only = [o for o in tiny if o.startswith(("callbacks.generative", "callbacks.samples"))]
@@ -149,7 +174,12 @@ def test_two_stage_pipeline(make_cfg, generative_cache, tmp_path):
         cfg.two_stage.generator = [*cfg.two_stage.generator, *stage1_only]
     stage1 = generator_overrides(cfg, overrides)
     assert stage1[0] == "experiment=cgan_digits" and "experiment=augment_digits" not in stage1
-    assert stage1[-3:] == ["data.labels_per_class=10", "data.val_size=100", "data.data_seed=3"]
+    assert stage1[-4:] == [
+        "data.labels_per_class=10",
+        "data.val_size=100",
+        "data.val_per_class=null",
+        "data.data_seed=3",
+    ]
     result = run_two_stage(cfg, overrides, tmp_path / "pipeline")
     root = tmp_path / "pipeline"
     for stage in ("stage1_generator", "stage2_classifier", "baseline_classifier"):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from gendisc.callbacks.run_report import print_results_table
 from gendisc.data.datamodule import FewLabelDataModule
 from gendisc.errors import ConfigError
-from gendisc.metrics.generative import (
+from gendisc.metrics import (
     EvaluatorConfig,
-    evaluate_images,
     feature_distances,
     inception_score,
     knn_radii,
@@ -23,6 +23,7 @@ from gendisc.metrics.generative import (
     precision_recall_density_coverage,
     score_samples,
 )
+from gendisc.metrics.generative import evaluate_images
 from gendisc.utils.images import make_grid, save_png
 
 CONFIG = EvaluatorConfig(channels=(8, 16), epochs=0, min_steps=60)
@@ -227,6 +228,14 @@ def test_gan_run_writes_precision_recall_density_coverage(tiny_cgan_run):
     assert report["gen/density"] < report["gen/density_real"] - 0.3
     # 200 samples against the 360 test images: 200 of each, k as in the papers
     assert (report["gen/prdc_n"], report["gen/pr_k"], report["gen/dc_k"]) == (200, 3, 5)
+
+
+def test_the_results_table_shows_precision_recall_density_coverage(tiny_cgan_run, capsys):
+    run, _ = tiny_cgan_run
+    print_results_table(json.loads((run / "metrics.json").read_text()))
+    table = capsys.readouterr().out
+    for name in ("precision", "recall", "density", "coverage"):
+        assert f"gen/{name} " in table, name
 
 
 def test_make_grid_layout(tmp_path):

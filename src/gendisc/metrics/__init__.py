@@ -6,7 +6,10 @@ from gendisc.metrics.generative import (
     GenerativeScores,
     feature_distances,
     inception_score,
+    knn_radii,
     load_or_train_evaluator,
+    prdc_from_features,
+    precision_recall_density_coverage,
     score_samples,
     train_classifier,
 )
@@ -17,7 +20,10 @@ __all__ = [
     "GenerativeScores",
     "feature_distances",
     "inception_score",
+    "knn_radii",
     "load_or_train_evaluator",
+    "prdc_from_features",
+    "precision_recall_density_coverage",
     "score_samples",
     "train_classifier",
 ]

@@ -11,8 +11,8 @@ sub-directory of the run directory:
 - ``stage1_generator/``: overrides ``two_stage.generator`` (e.g. ``experiment=cgan_mnist``),
   then the command line's overrides except ``experiment`` and ``model...`` ones (data, seeds,
   trainer, paths, ... reach every stage), then the classifier's label protocol
-  (``data.labels_per_class``, ``data.val_size``, ``data.data_seed``): the generator learns
-  from the same labeled examples;
+  (``data.labels_per_class``, ``data.val_size``, ``data.val_per_class``, ``data.data_seed``):
+  the generator learns from the same labeled examples;
 - ``stage2_classifier/``: the command line's config, with ``model.generator_ckpt`` set to the
   stage-1 checkpoint (the one stage 1 was tested with: best or last);
 - ``baseline_classifier/`` (``two_stage.baseline=true``): the same with
@@ -63,8 +63,9 @@ def _key(override: str) -> str:
 
 def generator_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """Stage 1: ``two_stage.generator``, the shared command-line overrides, and the classifier's
-    label protocol (``data.labels_per_class``, ``data.val_size``, ``data.data_seed``), so that
-    the generator learns from exactly the classifier's labeled examples."""
+    label protocol (``data.labels_per_class``, ``data.val_size``, ``data.val_per_class``,
+    ``data.data_seed``), so that the generator learns from exactly the classifier's labeled
+    examples and never from its validation images."""
     block = cfg.get("two_stage")
     if block is None or not block.get("generator"):
         raise ConfigError(
@@ -78,7 +79,7 @@ def generator_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     ]
     protocol = [
         f"data.{key}={_value(cfg.data.get(key))}"
-        for key in ("labels_per_class", "val_size", "data_seed")
+        for key in ("labels_per_class", "val_size", "val_per_class", "data_seed")
     ]
     return [str(o) for o in block.generator] + shared + protocol
 
