@@ -240,3 +240,17 @@ def test_the_layers_exist(graph: dict[str, set[str]]) -> None:
     """A renamed package would otherwise make the layering test check nothing."""
     for prefix in [p for layer in LAYERS for p in layer] + list(ENTRY_POINTS):
         assert prefix in graph, f"{prefix} not found under {SOURCE_ROOT}: update this test"
+
+
+def test_the_readme_layout_names_every_package_and_top_level_module() -> None:
+    """README's layout section has one line per package and top-level module of src/gendisc."""
+    readme = (SOURCE_ROOT.parent / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split()[0] for line in section.splitlines() if line.startswith("  ")}
+    root = SOURCE_ROOT / PACKAGE
+    present = {f"{p.name}/" for p in root.iterdir() if (p / "__init__.py").is_file()}
+    present |= {p.name for p in root.glob("*.py") if p.name != "__init__.py"}
+    assert present == listed, (
+        f"missing from README: {sorted(present - listed)}; "
+        f"not in src/gendisc: {sorted(listed - present)}"
+    )
