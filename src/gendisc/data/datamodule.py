@@ -201,6 +201,15 @@ class FewLabelDataModule(LightningDataModule):
         pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:count]
         return to_unit_range(self.train_images[pool[pick].to(self.train_images.device)])
 
+    def labeled_sample(self, count: int, seed: int = 0) -> Tensor:
+        """``count`` labeled training images in [-1, 1], the labeled set shuffled and tiled
+        as the training batches tile it when it has fewer images."""
+        pool = self.labeled_index
+        generator = torch.Generator().manual_seed(seed)
+        repeats = -(-count // len(pool))
+        pick = torch.cat([torch.randperm(len(pool), generator=generator) for _ in range(repeats)])
+        return to_unit_range(self.train_images[pool[pick[:count]].to(self.train_images.device)])
+
     # ------------------------------------------------------------------------------ dataloaders
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is None:

@@ -166,14 +166,14 @@ class AdversarialModule(ClassifierEvaluation):
             self.data_init(self.init_images)
             for ema, net in self.emas():
                 ema.reset(net)
-        net = self.discriminator
-        if getattr(net, "minibatch_disc", None) is not None and not net.has_minibatch_reference():
-            images = self.trainer.datamodule.unlabeled_sample(net.minibatch_reference_size, seed=1)
-            reference = self.minibatch_reference_input(images.to(self.device))
-            net.set_minibatch_reference(reference)
-            for ema, averaged in self.emas():
-                if averaged is net:
-                    ema.shadow.set_minibatch_reference(reference)
+        datamodule, net = self.trainer.datamodule, self.discriminator
+        self.ensure_minibatch_reference(
+            net,
+            lambda n: self.minibatch_reference_input(
+                datamodule.unlabeled_sample(n, seed=1).to(self.device)
+            ),
+            copies=[ema.shadow for ema, averaged in self.emas() if averaged is net],
+        )
 
     def minibatch_reference_input(self, images: Tensor) -> Tensor:
         """D's input for the reference images (a module that adds label planes overrides it)."""

@@ -58,6 +58,12 @@ class ClassifierModule(ClassifierEvaluation):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        """A net with minibatch discrimination gets its eval-mode reference batch from the
+        labeled images (the only ones a supervised classifier trains on), unless restored."""
+        datamodule = self.trainer.datamodule
+        self.ensure_minibatch_reference(self.net, lambda n: datamodule.labeled_sample(n, seed=1))
+
     def train(self, mode: bool = True) -> ClassifierModule:
         """A frozen backbone also keeps its batch-norm statistics and dropout in eval mode."""
         super().train(mode)

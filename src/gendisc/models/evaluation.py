@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -64,6 +65,21 @@ class ClassifierEvaluation(LightningModule):
     def classify(self, x: Tensor) -> Tensor:
         """Class logits used for evaluation (subclasses may use e.g. an EMA of their weights)."""
         return self(x)
+
+    def ensure_minibatch_reference(
+        self,
+        net: nn.Module,
+        images: Callable[[int], Tensor],
+        copies: Sequence[nn.Module] = (),
+    ) -> None:
+        """Give ``net`` (and ``copies`` of it, e.g. its EMA) the fixed reference batch that its
+        minibatch discrimination compares with in eval mode, from ``images(count)``; nothing
+        when it has no such layer or already has a reference (restored from a checkpoint)."""
+        if getattr(net, "minibatch_disc", None) is None or net.has_minibatch_reference():
+            return
+        reference = images(net.minibatch_reference_size).to(self.device)
+        for target in (net, *copies):
+            target.set_minibatch_reference(reference)
 
     def _evaluate(
         self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection
