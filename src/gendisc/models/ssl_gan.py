@@ -138,8 +138,11 @@ class SSLGANModule(AdversarialModule):
         # one pass over the three batches when D has no batch-dependent layer; otherwise
         # separate passes, as in the authors' code (minibatch discrimination must not mix
         # real and generated images)
-        logits_lab, logits_unl, logits_fake = self.discriminate_batches(
-            self.discriminator, [(x_lab,), (x_unl,), (fake,)]
+        logits_lab, logits_unl, logits_fake = (
+            logits.float()  # the losses in float32 also under bf16 autocast
+            for logits in self.discriminate_batches(
+                self.discriminator, [(x_lab,), (x_unl,), (fake,)]
+            )
         )
         loss_lab = ssl_supervised_loss(logits_lab, y_lab)
         loss_unl = ssl_unsupervised_loss(logits_unl, logits_fake)
@@ -163,10 +166,11 @@ class SSLGANModule(AdversarialModule):
             with torch.no_grad():
                 _, real_features = self.discriminator.forward_with_features(x_real)
             layer = self.feature_layer
+            # float32 also under bf16 autocast: the loss is a small difference of batch means
             return feature_matching_loss(
-                fake_features[layer], real_features[layer], norm=self.feature_norm
+                fake_features[layer].float(), real_features[layer].float(), norm=self.feature_norm
             )
-        logits_fake = self.discriminator(fake)
+        logits_fake = self.discriminator(fake).float()
         if self.generator_objective == "minimax":
             return ssl_generator_minimax_loss(logits_fake)
         return ssl_generator_nonsaturating_loss(logits_fake)
