@@ -8,6 +8,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from gendisc.errors import ConfigError
+from gendisc.report.paper_table import write_paper_table
 from gendisc.report.write import CodeVersionWarning, write_report
 
 
@@ -17,7 +19,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Tabulate and plot the runs of Hydra multirun directories: mean ± std over "
         "seeds per group, failed runs counted. Writes report.md, report.csv, runs.csv and PNGs.",
     )
-    parser.add_argument("dirs", nargs="+", help="sweep (or run) directories")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        help="sweep (or run) directories; with --table also runs.csv files of earlier --table "
+        "reports (runs from other machines)",
+    )
+    parser.add_argument(
+        "--table",
+        default=None,
+        metavar="SPEC",
+        help="a paper's table (e.g. experiments/salimans_2016/table.yaml): one row per label "
+        "count, finished runs only, beside the published figures; writes runs.csv, curves.csv, "
+        "report.md and curves.png into --out (default: the spec's folder)",
+    )
     parser.add_argument(
         "--group-by",
         nargs="*",
@@ -39,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``gendisc-report``."""
     args = parse_args(argv)
+    if args.table is not None:
+        return _paper_table(args)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CodeVersionWarning)
@@ -67,6 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
             )
+    return 0
+
+
+def _paper_table(args: argparse.Namespace) -> int:
+    """``--table``: the paper-layout report."""
+    try:
+        written, mixed = write_paper_table(
+            args.dirs, args.table, out=args.out, plots=not args.no_plots
+        )
+    except (FileNotFoundError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(written["report.md"].read_text())
+    print("Wrote " + ", ".join(str(path) for path in written.values()))
+    for line in mixed:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -143,3 +143,44 @@ def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a == b
+
+
+def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
+    """Validation error (%) against epoch, one line per (labels per class, variant, precision):
+    the mean over its runs, a band of ± one std, log scale; variant ``main`` (the full model)
+    solid, the others dashed.
+
+    ``summary``: columns labels_per_class, variant, precision, epoch (from 0), mean, std, count
+    (``paper_table.summarise_curves``).
+    """
+    figure = Figure(figsize=(7.0, 4.6))
+    axes = figure.subplots()
+    colours: dict[Any, str] = {}
+    for (per_class, variant, precision), line in summary.groupby(
+        ["labels_per_class", "variant", "precision"], sort=True
+    ):
+        colour = colours.setdefault(per_class, f"C{len(colours) % 10}")
+        line = line.sort_values("epoch")
+        epochs = line["epoch"].to_numpy(dtype=float) + 1  # epoch 1 = after one pass
+        mean = line["mean"].to_numpy(dtype=float)
+        spread = np.nan_to_num(line["std"].to_numpy(dtype=float))
+        runs_in = int(line["count"].max())
+        axes.plot(
+            epochs,
+            mean,
+            color=colour,
+            linestyle="-" if variant == main else "--",
+            label=f"{per_class}/class, {variant}, {precision} ({runs_in} runs)",
+        )
+        axes.fill_between(
+            epochs, np.maximum(mean - spread, 1e-3), mean + spread, color=colour, alpha=0.2
+        )
+    axes.set_yscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation error (%)")
+    axes.set_title("validation error per epoch (mean ± std over seeds)")
+    axes.grid(alpha=0.3, which="both")
+    if any(axes.get_legend_handles_labels()[1]):
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
