@@ -22,6 +22,13 @@ from gendisc.report import (
     write_report,
 )
 from gendisc.report.cli import main
+from gendisc.report.paper_table import (
+    RUN_KEY,
+    aggregate_table,
+    load_spec,
+    load_table_runs,
+    write_paper_table,
+)
 from gendisc.report.write import CodeVersionWarning
 
 # (model, batch size, data_seed) -> test/acc; one failed and one unfinished run besides
@@ -283,3 +290,230 @@ def test_a_dirty_tree_in_a_group_is_warned_about(tmp_path):
     assert "- **Warning**: group (all runs)" in written["report.md"].read_text()
     clean = load_runs(sweep).drop(index=1)
     assert code_version_warnings(clean, []) == []  # one clean run and one without provenance
+
+
+# ------------------------------------------------------------------- the paper's table (--table)
+
+# (labels per class, ablation, data_seed) -> misclassified test images of 10,000 (finished runs)
+TABLE_ERRORS = {
+    (10, None, 0): 90,
+    (10, None, 1): 95,
+    (10, None, 2): 100,
+    (10, None, 3): 87,
+    (10, None, 4): 93,
+    (2, None, 0): 1500,
+    (2, None, 1): 2100,
+    (2, None, 2): 1200,
+    (10, "no_unlabeled", 0): 2500,
+    (10, "no_unlabeled", 1): 2700,
+    (10, "no_unlabeled", 2): 2650,
+}
+SHA = "a" * 40
+
+
+def table_spec(tmp_path: Path, published: dict | None = None) -> Path:
+    """A table spec like experiments/salimans_2016/table.yaml, with the test's own figures."""
+    spec = {
+        "title": "Test table",
+        "task_name": "salimans_mnist_table",
+        "column_group": "ablation",
+        "columns": [
+            {"ablation": None, "name": "gendisc"},
+            {"ablation": "no_unlabeled", "name": "labels only"},
+        ],
+        "published": {
+            "name": "Paper",
+            "source": "table 9 of the test",
+            "test_images": 10000,
+            "error_percent": published or {20: [7.5, 2.25], 100: [0.61, 0.033]},
+        },
+    }
+    path = tmp_path / "spec" / "table.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def make_table_run(
+    root: Path,
+    per_class: int,
+    ablation: str | None,
+    seed: int,
+    errors: int | None,
+    epochs: int = 300,
+    max_epochs: int = 300,
+    sha: str = SHA,
+    task: str = "salimans_mnist_table",
+    curve_epochs: int | None = None,
+) -> Path:
+    """A run directory as the table sweep leaves it: .hydra files, csv log, metrics.json
+    (``errors`` None: no metrics.json yet, a run still going or stopped)."""
+    precision = "32-true"
+    name = f"lpc{per_class}_seed{seed}_{ablation or 'full'}_{precision}"
+    overrides = [f"data.labels_per_class={per_class}", f"data.data_seed={seed}"]
+    overrides += [f"ablation={ablation}"] if ablation else []
+    run = make_run(root, name, overrides, None)  # type: ignore[arg-type]
+    config = {
+        "task_name": task,
+        "data": {"labels_per_class": per_class, "data_seed": seed},
+        "trainer": {"max_epochs": max_epochs, "precision": precision},
+    }
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    choices = {"hydra": {"runtime": {"choices": {"ablation": ablation, "data": "mnist"}}}}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
+    logged = epochs if curve_epochs is None else curve_epochs
+    log = run / "csv" / "version_0"
+    log.mkdir(parents=True)
+    pd.DataFrame(
+        {"epoch": range(logged), "val/acc": [0.5 + 0.4 * e / max(logged, 1) for e in range(logged)]}
+    ).to_csv(log / "metrics.csv", index=False)
+    if errors is not None:
+        metrics = {
+            "test/acc": 1 - errors / 10000,
+            "data/test": 10000,
+            "data/labeled": per_class * 10,
+            "data_seed": seed,
+            "epochs": epochs,
+            **provenance(sha),
+            "run/precision": precision,
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+@pytest.fixture
+def table_runs(tmp_path: Path) -> Path:
+    """The finished runs of TABLE_ERRORS and five that must stay out of the table."""
+    root = tmp_path / "machine_a"
+    for (per_class, ablation, seed), errors in TABLE_ERRORS.items():
+        make_table_run(root, per_class, ablation, seed, errors)
+    make_table_run(root, 10, None, 5, 50, epochs=120, max_epochs=300)  # earlier budget
+    make_table_run(root, 20, None, 0, None, curve_epochs=40)  # still running
+    make_table_run(root, 5, None, 0, None, curve_epochs=3).joinpath("failure.json").write_text(
+        json.dumps({"error_type": "NonFiniteLossError", "error": "nan"})
+    )
+    make_table_run(root, 10, "minimax", 0, 40)  # a variant that is no column of the table
+    make_table_run(root, 10, None, 9, 10, task="salimans_mnist")  # another experiment
+    return root
+
+
+def _expected(per_class: int, ablation: str | None) -> np.ndarray:
+    return np.array(
+        [e for (k, a, _), e in TABLE_ERRORS.items() if (k, a) == (per_class, ablation)], float
+    )
+
+
+def test_paper_table_means_stds_and_counts_of_finished_runs(table_runs, tmp_path):
+    spec = load_spec(table_spec(tmp_path))
+    runs, curves, notes = load_table_runs([table_runs], spec)
+    statuses = runs.set_index("run")["status"]
+    assert statuses["lpc10_seed5_full_32-true"] == "earlier budget"
+    assert statuses["lpc20_seed0_full_32-true"] == "incomplete"
+    assert statuses["lpc5_seed0_full_32-true"] == "failed"
+    assert runs.set_index("run").loc["lpc20_seed0_full_32-true", "epochs"] == 40  # from its log
+    assert "lpc10_seed9_full_32-true" not in statuses  # task salimans_mnist: left out, noted
+    assert any("other tasks" in note for note in notes)
+    assert set(curves["run"]) == set(runs["run"])
+    table = aggregate_table(runs, spec).set_index("labels")
+    assert list(table.index) == [20, 100]  # finished runs only: no 50 or 200 labels row
+    for labels, per_class in ((20, 2), (100, 10)):
+        errors = _expected(per_class, None)
+        row = table.loc[labels]
+        assert row["full n"] == len(errors)
+        assert row["full test/errors mean"] == pytest.approx(errors.mean())
+        assert row["full test/errors std"] == pytest.approx(errors.std(ddof=1))
+        assert row["full test/error_pct mean"] == pytest.approx(errors.mean() / 100)
+        assert row["full test/error_pct std"] == pytest.approx(errors.std(ddof=1) / 100)
+    baseline = _expected(10, "no_unlabeled")
+    assert table.loc[100, "no_unlabeled n"] == 3 and table.loc[20, "no_unlabeled n"] == 0
+    assert table.loc[100, "no_unlabeled test/errors mean"] == pytest.approx(baseline.mean())
+    # the published figures are the spec's
+    assert (table.loc[100, "published mean"], table.loc[100, "published std"]) == (0.61, 0.033)
+    assert (table.loc[20, "published mean"], table.loc[20, "published std"]) == (7.5, 2.25)
+
+
+def test_paper_table_report_layout(table_runs, tmp_path):
+    written, mixed = write_paper_table([table_runs], table_spec(tmp_path), out=tmp_path / "out")
+    assert mixed == []
+    assert set(written) == {"runs.csv", "curves.csv", "report.md", "curves.png"}
+    report = written["report.md"].read_text()
+    lines = report.splitlines()
+    header = next(line for line in lines if line.startswith("| labels"))
+    assert header == (
+        "| labels | epochs | precision | gendisc: test error % (n) | gendisc: errors | "
+        "Paper: test error % | Paper: errors of 10,000 | labels only: test error % (n) | "
+        "labels only: errors |"
+    )
+    rows = [line for line in lines if line.startswith(("| 20 |", "| 100 |"))]
+    ours, base = _expected(10, None), _expected(10, "no_unlabeled")
+    assert rows[1] == (
+        f"| 100 | 300 | 32-true | {ours.mean() / 100:.2f} ± {ours.std(ddof=1) / 100:.2f} (5) | "
+        f"{ours.mean():.1f} ± {ours.std(ddof=1):.1f} of 10,000 | 0.61 ± 0.033 | 61 ± 3.3 | "
+        f"{base.mean() / 100:.2f} ± {base.std(ddof=1) / 100:.2f} (3) | "
+        f"{base.mean():.1f} ± {base.std(ddof=1):.1f} of 10,000 |"
+    )
+    assert rows[0].endswith("| 7.5 ± 2.25 | 750 ± 225 | - | - |")
+    assert "table 9 of the test" in report  # the source, from the spec
+    left_out = report.split("## Runs not in the table")[1]
+    for name in ("lpc10_seed5_full", "lpc20_seed0_full", "lpc5_seed0_full", "lpc10_seed0_minimax"):
+        assert name in left_out
+    runs = pd.read_csv(written["runs.csv"])
+    assert {"run/precision", "run/git_sha", "epochs", "max_epochs", "test/errors"} <= set(runs)
+    assert list(runs.columns[:6]) == ["run", *RUN_KEY]
+
+
+def test_paper_table_merges_machines_and_regenerates_from_runs_csv(table_runs, tmp_path):
+    """Runs from two machines make one table; its runs.csv (plus a new run directory) makes
+    the same table again, a run seen twice counted once."""
+    spec = table_spec(tmp_path)
+    other = tmp_path / "machine_b"
+    make_table_run(other, 10, None, 6, 91)
+    make_table_run(other, 10, None, 0, 90)  # a copy of machine A's seed 0
+    merged, _ = write_paper_table([table_runs, other], spec, out=tmp_path / "merged")
+    report = merged["report.md"].read_text()
+    assert "lpc10_seed0_full_32-true: found twice" in report
+    runs = pd.read_csv(merged["runs.csv"])
+    assert (runs["run"] == "lpc10_seed0_full_32-true").sum() == 1
+    ours = np.append(_expected(10, None), 91)
+    row = next(line for line in report.splitlines() if line.startswith("| 100 |"))
+    assert f"{ours.mean() / 100:.2f} ± {ours.std(ddof=1) / 100:.2f} (6)" in row
+
+    again, _ = write_paper_table([merged["runs.csv"]], spec, out=tmp_path / "again")
+
+    def table(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if line.startswith("| ")]
+
+    assert table(again["report.md"]) == table(merged["report.md"])
+    assert pd.read_csv(again["curves.csv"]).equals(pd.read_csv(merged["curves.csv"]))
+    # a seed that finished later elsewhere joins the committed table
+    newer = tmp_path / "machine_c"
+    make_table_run(newer, 10, None, 5, 88)  # machine A's seed 5 had not finished
+    grown, _ = write_paper_table([merged["runs.csv"], newer], spec, out=tmp_path / "grown")
+    assert "(7)" in next(row for row in table(grown["report.md"]) if row.startswith("| 100 |"))
+
+
+def test_paper_table_warns_when_a_cell_mixes_code_versions(tmp_path):
+    root = tmp_path / "runs"
+    make_table_run(root, 10, None, 0, 90, sha="a" * 40)
+    make_table_run(root, 10, None, 1, 95, sha="b" * 40)
+    written, mixed = write_paper_table([root], table_spec(tmp_path), out=tmp_path / "out")
+    assert len(mixed) == 1 and "a" * 40 in mixed[0] and "b" * 40 in mixed[0]
+    assert "## Warnings" in written["report.md"].read_text()
+
+
+def test_cli_table_and_a_bad_spec(table_runs, tmp_path, capsys):
+    assert main(["--table", str(table_spec(tmp_path)), str(table_runs), "--no-plots"]) == 0
+    assert (tmp_path / "spec" / "report.md").is_file()  # beside the spec by default
+    assert not (tmp_path / "spec" / "curves.png").exists()
+    assert "| 100 | 300 | 32-true |" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("title: no columns\n")
+    assert main(["--table", str(bad), str(table_runs)]) == 2
+    assert "column_group" in capsys.readouterr().err
+
+
+def test_the_salimans_spec_holds_the_papers_mnist_figures():
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments/salimans_2016/table.yaml")
+    assert set(spec.published) == {20, 50, 100, 200}
+    assert spec.task_name == "salimans_mnist_table" and spec.columns[0][0] is None
+    assert "REFERENCE.md section 3" in spec.published_source

@@ -441,13 +441,17 @@ def write_paper_table(
             "",
             "![validation error per epoch](curves.png)",
         ]
-    others = runs[runs["status"] != FINISHED]
+    variants = [spec.variant(choice) for choice, _ in spec.columns]
+    others = runs[(runs["status"] != FINISHED) | ~runs["variant"].isin(variants)]
     if len(others):
         lines += ["", "## Runs not in the table", ""]
         lines += ["| run | status | epochs | of | where |", "|---|---|---:|---:|---|"]
         for _, row in others.iterrows():
+            status = row["status"]
+            if row["variant"] not in variants:
+                status += f" ({spec.column_group}={row['variant']}: no column of the table)"
             lines.append(
-                f"| `{row['run']}` | {row['status']} | {_count(row['epochs'])} | "
+                f"| `{row['run']}` | {status} | {_count(row['epochs'])} | "
                 f"{_count(row['max_epochs'])} | `{row['run_dir']}` |"
             )
     runs.to_csv(written["runs.csv"], index=False)

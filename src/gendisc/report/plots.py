@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from gendisc.report.tables import sort_key
 
@@ -176,6 +177,9 @@ def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
             epochs, np.maximum(mean - spread, 1e-3), mean + spread, color=colour, alpha=0.2
         )
     axes.set_yscale("log")
+    # ticks read in percent: 1, 2, 5, 10, 20, 50 (not 10^0, 2x10^0)
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes.yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation error (%)")
     axes.set_title("validation error per epoch (mean ± std over seeds)")
@@ -184,3 +188,11 @@ def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
         axes.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def _one_two_five(value: float, _: Any) -> str:
+    """Minor log-axis label: only at 2 and 5 times a power of ten."""
+    if value <= 0:
+        return ""
+    leading = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if round(leading, 6) in (2.0, 5.0) else ""
