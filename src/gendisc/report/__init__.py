@@ -4,11 +4,13 @@
     runs = load_runs(["outputs/train/multiruns/<sweep>"])   # one row per run
     table = aggregate(runs, group_by=["model"], metrics=["test/acc"])
     write_report(["outputs/train/multiruns/<sweep>"])       # report.md, report.csv, PNGs
+    write_paper_table(["outputs/salimans_mnist_table"], "experiments/salimans_2016/table.yaml")
 
 Nothing here imports torch: reports load fast (the console script is ``gendisc-report``).
 """
 
-from gendisc.report.plots import plot
+from gendisc.report.paper_table import load_spec, load_table_runs, write_paper_table
+from gendisc.report.plots import plot, plot_curves
 from gendisc.report.runs import (
     SEED_KEYS,
     default_group_by,
@@ -29,9 +31,13 @@ __all__ = [
     "find_run_dirs",
     "format_mean_std",
     "load_runs",
+    "load_spec",
+    "load_table_runs",
     "override_keys",
     "plot",
     "plot_axes",
+    "plot_curves",
     "to_markdown",
+    "write_paper_table",
     "write_report",
 ]
