@@ -10,6 +10,7 @@ import torch
 from lightning import LightningDataModule
 from torch import Tensor
 
+from gendisc.data.augment import Augment
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
 from gendisc.data.protocol import LabelSplit, check_validation_settings, split_labels
 from gendisc.data.readers import ImageSplits, read_dataset
@@ -41,6 +42,8 @@ class FewLabelDataModule(LightningDataModule):
         device_memory_mb: keep the uint8 dataset on the training accelerator when it needs less
             than this; batches are then sliced there with no host-to-device copies.
         reader_options: extra keyword arguments for the reader (image_size, grayscale, ...).
+        augment: classical augmentation of the training batches (``augment=`` config group),
+            applied on the training device after the transfer; never to validation or test.
 
     Attributes:
         unlabeled_streams: independent unlabeled batches per training step (0 for supervised
@@ -63,6 +66,7 @@ class FewLabelDataModule(LightningDataModule):
         eval_batch_size: int = 1000,
         device_memory_mb: float = 4096,
         reader_options: dict | None = None,
+        augment: Augment | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -78,6 +82,7 @@ class FewLabelDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.device_memory_mb = device_memory_mb
         self.reader_options = dict(reader_options or {})
+        self.augment = augment
         self.unlabeled_streams = 0
         if batch_size < 1 or self.unlabeled_batch_size < 1:
             raise ConfigError("data.batch_size and data.unlabeled_batch_size must be at least 1.")
@@ -231,6 +236,15 @@ class FewLabelDataModule(LightningDataModule):
             world_size=world,
             current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
         )
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """Augment training batches on the device they were moved to (evaluation untouched)."""
+        augment = self.augment
+        if augment is None or not augment.active or not isinstance(batch, dict):
+            return batch
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        return augment.augment_batch(batch)
 
     def val_dataloader(self) -> EvalBatches:
         return EvalBatches(

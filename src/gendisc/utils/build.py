@@ -9,8 +9,10 @@ from omegaconf import DictConfig
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule (data read, label protocol applied) and the model sized for its data;
-    the datamodule serves as many unlabeled streams per step as the model asks for."""
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    the datamodule serves as many unlabeled streams per step as the model asks for and applies
+    ``cfg.augment`` (absent from configs stored before it existed: no augmentation)."""
+    augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
+    datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     datamodule.load()
     model = hydra.utils.instantiate(
         cfg.model,
