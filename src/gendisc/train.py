@@ -43,6 +43,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     The returned dict also holds ``<optimized_metric>_best``, the best validation score, which
     is written into metrics.json with the final ``val/*`` values.
     """
+    finished = resume.finished_run(cfg)
+    if finished is not None:
+        print(f"{cfg.paths.output_dir}: finished ({finished['epochs']} epochs), left as it is")
+        return finished
     if cfg.get("threads") is not None:  # 1 when several jobs share a CPU
         torch.set_num_threads(cfg.threads)
     seed = distributed.resolve_seed(cfg)  # chosen by rank 0 when null; recorded in cfg.seed

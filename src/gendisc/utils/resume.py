@@ -7,6 +7,7 @@ folder again, the CSV rows logged before the checkpoint are kept, and wandb resu
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from pathlib import Path
@@ -36,6 +37,32 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     """Where this run's ModelCheckpoint writes (``<run dir>/checkpoints`` by default)."""
     dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
     return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """With ``ckpt_path=last``, the metrics.json of this run directory when its run already
+    finished (all ``trainer.max_epochs`` epochs, and tested when the config tests), else None.
+
+    A sweep repeated with ``ckpt_path=last`` to continue its unfinished runs then leaves the
+    finished ones as they are (not tested again, their provenance not rewritten)."""
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if str(cfg.get("ckpt_path")) != "last" or not cfg.get("train") or max_epochs is None:
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    path, failure = run_dir / "metrics.json", run_dir / "failure.json"
+    if not path.is_file() or (
+        failure.is_file() and failure.stat().st_mtime >= path.stat().st_mtime
+    ):
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the run is redone from its checkpoint
+    if not isinstance(metrics, dict) or int(metrics.get("epochs", -1)) < int(max_epochs):
+        return None
+    if cfg.get("test") and not any(str(key).startswith("test/") for key in metrics):
+        return None
+    return metrics
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
