@@ -165,6 +165,7 @@ def test_binarized_run_trains(make_cfg):
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     """SIGKILLed at the start of epoch 2, resumed with ckpt_path=last: the metrics of an
     uninterrupted run (tests/test_resume_models.py's protocol)."""
