@@ -218,6 +218,12 @@ def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
     assert result["test/acc"] == pytest.approx(metrics["test/acc"])
     assert (tmp_path / "eval" / "metrics.json").is_file()
     assert not any(key.startswith("gen/") for key in result)  # a classifier has no generator
+    # data.eval_batch_size without ++: another batch size, the same result (a conv net)
+    small = compose_config(
+        [f"ckpt_path={ckpt}", "data.eval_batch_size=7"], tmp_path / "eval7", config_name="eval"
+    )
+    assert small.data.eval_batch_size == 7
+    assert evaluate(small)["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
 def test_eval_reports_the_generative_metrics_of_the_run(tiny_cgan_run, tmp_path):

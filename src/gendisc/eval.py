@@ -36,7 +36,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics."""
     checkpoint = load_checkpoint(cfg.ckpt_path, "ckpt_path")  # the file's only read
     run_cfg = run_config(checkpoint, cfg.ckpt_path, "ckpt_path")
-    run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data", {}))
+    overrides = {k: v for k, v in cfg.get("data", {}).items() if v is not None}
+    run_cfg.data = OmegaConf.merge(run_cfg.data, overrides)
     datamodule, model = build(run_cfg)
     restore_weights(model, checkpoint, cfg.ckpt_path, "ckpt_path")
     del checkpoint
