@@ -4,9 +4,6 @@ tiny real runs of the classifier, ssl_gan and augmented_classifier with augmente
 from __future__ import annotations
 
 import itertools
-import json
-import signal
-import subprocess
 from pathlib import Path
 
 import hydra
@@ -20,7 +17,7 @@ from gendisc.errors import ConfigError, gendisc_cause
 from gendisc.train import train
 from gendisc.utils.build import build
 from gendisc.utils.config import PROJECT_ROOT
-from tests.conftest import gendisc_command, run_gendisc, single_thread_env
+from tests.test_resume_models import kill_resume_and_compare
 
 OPTIONS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "augment").glob("*.yaml"))
 TINY = [
@@ -292,32 +289,4 @@ def test_killed_augmented_run_resumes_exactly(tmp_path):
         "trainer.deterministic=true",
         "seed=5",
     ]
-    killed, reference = tmp_path / "killed", tmp_path / "uninterrupted"
-    process = subprocess.run(
-        gendisc_command(
-            *overrides,
-            f"hydra.run.dir={killed}",
-            "+callbacks.kill._target_=tests.test_resume_models.KillAtEpoch",
-            "+callbacks.kill.epoch=2",
-        ),
-        cwd=PROJECT_ROOT,
-        env=single_thread_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
-    run_gendisc(*overrides, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=PROJECT_ROOT)
-    run_gendisc(*overrides, f"hydra.run.dir={reference}", cwd=PROJECT_ROOT)
-
-    def metrics(run: Path) -> dict:
-        values = json.loads((run / "metrics.json").read_text())
-        return {k: v for k, v in values.items() if not k.startswith(("time/", "mem/", "run/"))}
-
-    resumed, expected = metrics(killed), metrics(reference)
-    assert resumed.keys() == expected.keys() and resumed["epochs"] == 3
-    for key, value in expected.items():
-        if isinstance(value, float):
-            assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
-        else:
-            assert resumed[key] == value, key
+    kill_resume_and_compare(overrides, tmp_path)

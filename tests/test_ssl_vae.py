@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
 
 import numpy as np
 import pytest
@@ -27,8 +25,7 @@ from gendisc.nets import MLPClassifier
 from gendisc.nets.vae import MLPDecoder, MLPEncoder
 from gendisc.train import train
 from gendisc.utils.build import build
-from gendisc.utils.config import PROJECT_ROOT
-from tests.conftest import gendisc_command, run_gendisc, single_thread_env
+from tests.test_resume_models import kill_resume_and_compare
 
 QUIET = ["callbacks.generative_metrics=null", "callbacks.rich_progress_bar=null"]
 
@@ -178,34 +175,5 @@ def test_killed_run_resumes_exactly(tmp_path):
         "seed=5",
         *QUIET,
     ]
-    killed, reference = tmp_path / "killed", tmp_path / "uninterrupted"
-    process = subprocess.run(
-        gendisc_command(
-            *overrides,
-            f"hydra.run.dir={killed}",
-            "+callbacks.kill._target_=tests.test_resume_models.KillAtEpoch",
-            "+callbacks.kill.epoch=2",
-        ),
-        cwd=PROJECT_ROOT,
-        env=single_thread_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
-    assert not (killed / "metrics.json").exists()
-    run_gendisc(*overrides, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=PROJECT_ROOT)
-    run_gendisc(*overrides, f"hydra.run.dir={reference}", cwd=PROJECT_ROOT)
-
-    def stable(path):
-        metrics = json.loads((path / "metrics.json").read_text())
-        return {k: v for k, v in metrics.items() if not k.startswith(("time/", "mem/", "run/"))}
-
-    resumed, expected = stable(killed), stable(reference)
-    assert resumed.keys() == expected.keys() and resumed["epochs"] == 3
-    for key, value in expected.items():
-        if isinstance(value, float):
-            assert resumed[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
-        else:
-            assert resumed[key] == value, key
+    resumed = kill_resume_and_compare(overrides, tmp_path)
     assert np.isfinite(resumed["val/elbo"])
