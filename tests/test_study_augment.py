@@ -1,0 +1,126 @@
+"""experiment=study_augment: every arm's resolved settings, and its generators' labeled sets.
+
+Composes the real configs only (no training): the realistic validation protocol, the augment
+option, the model, the generator each augmented_classifier job loads, and the sweep that gives
+every row in one command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gendisc.utils.config import register_resolvers
+from tests.conftest import CONFIG_DIR
+
+CLASSIFIER = "gendisc.models.classifier.ClassifierModule"
+AUGMENTED = "gendisc.models.augmented_classifier.AugmentedClassifierModule"
+SSL_GAN = "gendisc.models.ssl_gan.SSLGANModule"
+
+
+def with_hydra(overrides: list[str]) -> DictConfig:
+    """The composed config with its hydra node (sweep settings), as ``gendisc-train -m`` sees it."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """The experiment's sweeper params, each as its list of values."""
+    cfg = with_hydra([f"experiment={experiment}"])
+    return {
+        k: [v.strip() for v in str(values).split(",")]
+        for k, values in cfg.hydra.sweeper.params.items()
+    }
+
+
+def test_one_sweep_gives_every_arm_both_checkpoints_and_three_labeled_sets():
+    params = sweep_params("study_augment")
+    assert params == {
+        "model": ["classifier", "augmented_classifier", "ssl_gan"],
+        "augment": ["none", "translate"],
+        "test_ckpt": ["best", "last"],
+        "data.data_seed": ["0", "1", "2"],
+    }
+    # the generators: one per labeled set of the study
+    assert sweep_params("study_augment_generators") == {
+        "data.labels_per_class": ["10"],
+        "data.data_seed": ["0", "1", "2"],
+    }
+
+
+@pytest.mark.parametrize("test_ckpt", ["best", "last"])
+@pytest.mark.parametrize("augment, max_shift", [("none", 0), ("translate", 2)])
+@pytest.mark.parametrize(
+    "model, target",
+    [("classifier", CLASSIFIER), ("augmented_classifier", AUGMENTED), ("ssl_gan", SSL_GAN)],
+)
+def test_each_arm_resolves_to_the_realistic_protocol(
+    make_cfg, model, target, augment, max_shift, test_ckpt
+):
+    cfg = make_cfg(
+        [
+            "experiment=study_augment",
+            f"model={model}",
+            f"augment={augment}",
+            f"test_ckpt={test_ckpt}",
+            "data.data_seed=2",
+        ]
+    )
+    # 10 labels per class, validated on 10 more per class: no more validation labels than
+    # training labels
+    assert cfg.data.dataset == "digits" and cfg.data.labels_per_class == 10
+    assert cfg.data.val_size is None and cfg.data.val_per_class == 10
+    assert cfg.test_ckpt == test_ckpt and cfg.optimized_metric == "val/acc"
+    assert cfg.model._target_ == target and cfg.trainer.max_epochs == 20
+    assert cfg.augment.max_shift == max_shift and cfg.augment.rotate == 0.0
+    assert not cfg.augment.flip and not cfg.augment.unlabeled
+    if model == "augmented_classifier":
+        generator = Path(cfg.model.generator_ckpt)
+        assert generator == (
+            Path(cfg.paths.study_generators_dir)
+            / "digits"
+            / "lpc10_vpc10_seed2"
+            / "checkpoints"
+            / "last.ckpt"
+        )
+        assert cfg.model.synthetic_ratio == 0.5
+
+
+def labeled_and_validation(cfg) -> tuple[np.ndarray, np.ndarray]:
+    datamodule = instantiate(cfg.data).load()
+    return datamodule.split.labeled, datamodule.split.validation
+
+
+@pytest.mark.parametrize("data_seed", [0, 1, 2])
+def test_generators_train_on_the_labeled_set_of_the_study(make_cfg, data_seed):
+    """Each augmented_classifier job loads a generator trained on its own labeled images (and
+    nothing else labeled); the generators of experiment=study_generators (data.val_size=200)
+    saw other images, so study_augment has its own."""
+    seed = f"data.data_seed={data_seed}"
+    study = make_cfg(["experiment=study_augment", "model=augmented_classifier", seed], name="study")
+    generator = make_cfg(["experiment=study_augment_generators", seed], name="generator")
+    assert generator.model.conditional and generator.trainer.max_epochs == 30
+    labeled, validation = labeled_and_validation(study)
+    generator_labeled, generator_validation = labeled_and_validation(generator)
+    assert len(labeled) == 100 and len(validation) == 100
+    assert np.array_equal(labeled, generator_labeled)
+    assert np.array_equal(validation, generator_validation)
+    # the run directory the generators' sweep gives that labeled set is the one the job reads
+    sweep = with_hydra(["experiment=study_augment_generators", seed]).hydra.sweep
+    job = with_hydra(["experiment=study_augment", "model=augmented_classifier", seed])
+    assert sweep.subdir == f"digits/lpc10_vpc10_seed{data_seed}"
+    assert Path(job.model.generator_ckpt) == Path(
+        sweep.dir, sweep.subdir, "checkpoints", "last.ckpt"
+    )
+    old = make_cfg(["experiment=study_generators", seed], name="old")
+    assert not np.array_equal(labeled_and_validation(old)[0], labeled)
