@@ -30,7 +30,13 @@ from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.sampling import Sampler
-from gendisc.models.vae import Likelihood, bernoulli_nll, gaussian_nll, kl_per_example
+from gendisc.models.vae import (
+    Likelihood,
+    image_nll,
+    kl_per_example,
+    log_sigma_parameter,
+    mean_image,
+)
 
 __all__ = [
     "SSLVAEModule",
@@ -135,10 +141,7 @@ class SSLVAEModule(ClassifierEvaluation):
         self.likelihood = likelihood
         self.binarize = bool(binarize)
         if likelihood == "gaussian":
-            start = math.log(gaussian_sigma) if gaussian_sigma else 0.0
-            self.log_sigma = nn.Parameter(
-                torch.tensor(float(start)), requires_grad=gaussian_sigma is None
-            )
+            self.log_sigma = log_sigma_parameter(gaussian_sigma)
         self.alpha_scale = float(alpha_scale)
         self.alpha = float(alpha) if alpha is not None else None
         self.alpha_value: float | None = None  # resolved at fit start
@@ -160,10 +163,7 @@ class SSLVAEModule(ClassifierEvaluation):
 
     def decode(self, z: Tensor, y: Tensor) -> Tensor:
         """Mean image of p(x | y, z) in [-1, 1]."""
-        params = self.decode_params(z, y)
-        if self.likelihood == "bernoulli":
-            return 2.0 * torch.sigmoid(params) - 1.0
-        return params.clamp(-1.0, 1.0)
+        return mean_image(self.decode_params(z, y), self.likelihood)
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Mean image decoded from the posterior mean of q(z | x, y); y: q(y | x)'s argmax
@@ -175,9 +175,7 @@ class SSLVAEModule(ClassifierEvaluation):
 
     def nll(self, params: Tensor, x: Tensor) -> Tensor:
         """-log p(x | y, z) per example."""
-        if self.likelihood == "bernoulli":
-            return bernoulli_nll(params, x)
-        return gaussian_nll(params, x, self.log_sigma)
+        return image_nll(params, x, self.likelihood, getattr(self, "log_sigma", None))
 
     def bound(self, x: Tensor, y: Tensor, sample: bool = True) -> Tensor:
         """The labeled bound L(x, y) per example (z ~ q(z | x, y), or its mean)."""

@@ -50,6 +50,29 @@ def gaussian_nll(mean: Tensor, x: Tensor, log_sigma: Tensor) -> Tensor:
     return nll.flatten(1).sum(dim=1)
 
 
+def image_nll(
+    params: Tensor, x: Tensor, likelihood: Likelihood, log_sigma: Tensor | None
+) -> Tensor:
+    """-log p(x | params) per example under the configured likelihood (Bernoulli logits, or
+    Gaussian means with ``log_sigma``)."""
+    if likelihood == "bernoulli":
+        return bernoulli_nll(params, x)
+    return gaussian_nll(params, x, log_sigma)
+
+
+def mean_image(params: Tensor, likelihood: Likelihood) -> Tensor:
+    """The likelihood's mean in the image range [-1, 1]."""
+    if likelihood == "bernoulli":
+        return 2.0 * torch.sigmoid(params) - 1.0
+    return params.clamp(-1.0, 1.0)
+
+
+def log_sigma_parameter(gaussian_sigma: float | None) -> nn.Parameter:
+    """log sigma of a Gaussian likelihood: fixed at ``gaussian_sigma``, or learned from 0."""
+    start = math.log(gaussian_sigma) if gaussian_sigma else 0.0
+    return nn.Parameter(torch.tensor(float(start)), requires_grad=gaussian_sigma is None)
+
+
 class VAEModule(ClassifierEvaluation):
     """VAE trained on the labeled batch (conditional) or the unlabeled pool (unconditional).
 
@@ -98,10 +121,7 @@ class VAEModule(ClassifierEvaluation):
         self.beta = float(beta)
         self.kl_warmup_epochs = float(kl_warmup_epochs)
         if likelihood == "gaussian":
-            start = math.log(gaussian_sigma) if gaussian_sigma else 0.0
-            self.log_sigma = nn.Parameter(
-                torch.tensor(float(start)), requires_grad=gaussian_sigma is None
-            )
+            self.log_sigma = log_sigma_parameter(gaussian_sigma)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.unlabeled_streams = 0 if self.conditional else 1
@@ -117,9 +137,7 @@ class VAEModule(ClassifierEvaluation):
 
     def mean_image(self, params: Tensor) -> Tensor:
         """The likelihood's mean in the image range [-1, 1]."""
-        if self.likelihood == "bernoulli":
-            return 2.0 * torch.sigmoid(params) - 1.0
-        return params.clamp(-1.0, 1.0)
+        return mean_image(params, self.likelihood)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Mean image of p(x | z [, y]) in [-1, 1]."""
@@ -132,9 +150,7 @@ class VAEModule(ClassifierEvaluation):
 
     def nll(self, params: Tensor, x: Tensor) -> Tensor:
         """-log p(x | z) per example."""
-        if self.likelihood == "bernoulli":
-            return bernoulli_nll(params, x)
-        return gaussian_nll(params, x, self.log_sigma)
+        return image_nll(params, x, self.likelihood, getattr(self, "log_sigma", None))
 
     def terms(
         self, x: Tensor, y: Tensor | None = None, sample: bool = True
