@@ -197,7 +197,9 @@ def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
 ):
     """experiment=study_generators puts one cGAN per labeled set where the studies' jobs look."""
     generators = tmp_path / "generators"
-    tiny = [*TINY, *generative_test_overrides(generative_cache)]
+    # the studies' own validation protocol (data.val_per_class), not TINY's val_size
+    study_tiny = [arg for arg in TINY if not arg.startswith("data.val_size")]
+    tiny = [*study_tiny, *generative_test_overrides(generative_cache)]
     run_gendisc(
         "-m",
         "experiment=study_generators",
@@ -207,14 +209,14 @@ def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
         f"paths.study_generators_dir={generators}",
         cwd=tmp_path,
     )
-    generator = json.loads((generators / "digits" / "lpc2_seed0" / "metrics.json").read_text())
+    generator = json.loads((generators / "digits" / "lpc2_vpc2_seed0" / "metrics.json").read_text())
     assert generator["data/labeled"] == 20 and "gen/fid" in generator
     sweep = tmp_path / "study"
     run_gendisc(
         "-m",
         "experiment=study_label_budget",
-        "model=augmented_classifier",
-        *TINY,
+        "method=augmented_classifier",
+        *study_tiny,
         "data.labels_per_class=2",
         "data.data_seed=0,1",  # no generator was trained for data_seed 1
         f"paths.study_generators_dir={generators}",
@@ -226,4 +228,4 @@ def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
     assert trained["data_seed"] == 0 and trained["data/labeled"] == 20
     assert not (sweep / "0" / "failure.json").exists()
     failure = json.loads((sweep / "1" / "failure.json").read_text())
-    assert "lpc2_seed1" in failure["error"] and "experiment=study_generators" in failure["error"]
+    assert "lpc2_vpc2_seed1" in failure["error"] and "experiment=study_generators" in failure["error"]

@@ -79,9 +79,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 for report in reports:
                     report.extra.update(validation)
             if cfg.get("test"):
-                test_ckpt = resume.checkpoint_to_test(cfg, trainer)
-                trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
-                metrics.update(_plain_metrics(trainer.callback_metrics))
+                for prefix, test_ckpt in resume.checkpoints_to_test(cfg, trainer):
+                    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+                    tested = _plain_metrics(trainer.callback_metrics)
+                    if prefix != "test/":  # an extra test: kept under its own prefix
+                        tested = {
+                            prefix + key.removeprefix("test/"): value
+                            for key, value in tested.items()
+                            if key.startswith("test/") and not isinstance(value, list)
+                        }
+                        for report in reports:
+                            report.extra.update(tested)
+                    metrics.update(tested)
         finally:
             if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
                 import wandb

@@ -101,7 +101,7 @@ def stage_checkpoint(cfg: DictConfig, output_dir: Path) -> Path:
     (and one exists), else ``last.ckpt``."""
     folder = output_dir / "checkpoints"
     last = folder / "last.ckpt"
-    if cfg.get("test_ckpt") == "best":
+    if cfg.get("test_ckpt") in ("best", "both"):
         kept = sorted(
             (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"),
             key=lambda p: p.stat().st_mtime,

@@ -118,6 +118,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "data_dir", lambda: os.environ.get("GENDISC_DATA_DIR") or str(PROJECT_ROOT / "data")
         )
+    if not OmegaConf.has_resolver("if_null"):  # ${if_null:${a},b}: a, or b when a is null
+        OmegaConf.register_new_resolver(
+            "if_null", lambda value, fallback: fallback if value is None else value
+        )
     if not OmegaConf.has_resolver("slurm_gpus"):
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
     if not OmegaConf.has_resolver("slurm_tasks"):

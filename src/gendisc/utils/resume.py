@@ -204,9 +204,12 @@ def last_checkpoint(cfg: DictConfig) -> str:
     return str(path) if path.is_file() else ""
 
 
-def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str | None:
-    """``test_ckpt``: 'best' (on the validation metric), 'last', or None for the weights in memory."""
-    choice = cfg.get("test_ckpt")
+def checkpoint_to_test(
+    cfg: DictConfig, trainer: L.Trainer, choice: str | None = None
+) -> str | None:
+    """The checkpoint of ``choice`` (default ``test_ckpt``): 'best' (on the validation metric),
+    'last', or None for the weights in memory."""
+    choice = cfg.get("test_ckpt") if choice is None else choice
     if choice not in ("best", "last") or not cfg.get("train"):
         return None
     if choice == "last":
@@ -218,6 +221,29 @@ def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer) -> str | None:
         log.warning("No %s checkpoint was written; testing the weights in memory.", choice)
         return None
     return path
+
+
+TEST_CKPT_CHOICES = ("best", "last", "both", None)
+
+
+def checkpoints_to_test(cfg: DictConfig, trainer: L.Trainer) -> list[tuple[str, str | None]]:
+    """(metric prefix, checkpoint) of each test of the run, the one reported as ``test/*`` last.
+
+    ``test_ckpt=both`` tests the last checkpoint (its metrics renamed ``test_last/*``), then the
+    one selected on validation (``test/*``): a study reports both from one training run.
+    """
+    choice = cfg.get("test_ckpt")
+    if choice not in TEST_CKPT_CHOICES:
+        raise ConfigError(
+            f"test_ckpt={choice}: use best (selected on validation), last, both (best as "
+            "test/*, last as test_last/*) or null (the weights in memory)."
+        )
+    if choice != "both":
+        return [("test/", checkpoint_to_test(cfg, trainer))]
+    return [
+        ("test_last/", checkpoint_to_test(cfg, trainer, "last")),
+        ("test/", checkpoint_to_test(cfg, trainer, "best")),
+    ]
 
 
 def best_validation(trainer: L.Trainer) -> dict[str, float]:
