@@ -125,3 +125,20 @@ def test_test_ckpt_both_reports_the_selected_and_the_last_checkpoint(make_cfg, t
 def test_unknown_test_ckpt_is_refused(make_cfg):
     with pytest.raises(ConfigError, match="test_ckpt=newest"):
         train(make_cfg(["model=classifier", *TINY, "test_ckpt=newest"], name="bad"))
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "study_label_budget",
+        "study_minibatch",
+        "study_augment",
+        "study_augment_mnist",
+        "study_salimans_ablation",
+    ],
+)
+def test_every_study_validates_on_no_more_labels_than_it_trains_on(experiment):
+    cfg = with_hydra([f"experiment={experiment}"])
+    assert cfg.data.val_size is None
+    assert cfg.data.val_per_class <= cfg.data.labels_per_class
+    assert cfg.test_ckpt == "both"

@@ -43,12 +43,19 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
     }
 
 
-def test_one_sweep_gives_every_arm_both_checkpoints_and_three_labeled_sets():
+def test_one_sweep_gives_every_arm_and_three_labeled_sets():
     params = sweep_params("study_augment")
     assert params == {
-        "model": ["classifier", "augmented_classifier", "ssl_gan"],
-        "augment": ["none", "translate"],
-        "test_ckpt": ["best", "last"],
+        "method": [
+            "classifier",
+            "classifier_translate",
+            "augmented_classifier",
+            "augmented_classifier_translate",
+            "ssl_gan_labels_only",
+            "ssl_gan_labels_only_translate",
+            "ssl_gan",
+            "ssl_gan_translate",
+        ],
         "data.data_seed": ["0", "1", "2"],
     }
     # the generators: one per labeled set of the study
@@ -56,39 +63,42 @@ def test_one_sweep_gives_every_arm_both_checkpoints_and_three_labeled_sets():
         "data.labels_per_class": ["10"],
         "data.data_seed": ["0", "1", "2"],
     }
+    # MNIST: the classifier's four arms on the same protocol
+    assert sweep_params("study_augment_mnist")["method"] == params["method"][:4]
 
 
-@pytest.mark.parametrize("test_ckpt", ["best", "last"])
-@pytest.mark.parametrize("augment, max_shift", [("none", 0), ("translate", 2)])
 @pytest.mark.parametrize(
-    "model, target",
-    [("classifier", CLASSIFIER), ("augmented_classifier", AUGMENTED), ("ssl_gan", SSL_GAN)],
+    "experiment, dataset", [("study_augment", "digits"), ("study_augment_mnist", "mnist")]
+)
+@pytest.mark.parametrize(
+    "method, target, max_shift",
+    [
+        ("classifier", CLASSIFIER, 0),
+        ("classifier_translate", CLASSIFIER, 2),
+        ("augmented_classifier", AUGMENTED, 0),
+        ("augmented_classifier_translate", AUGMENTED, 2),
+        ("ssl_gan", SSL_GAN, 0),
+        ("ssl_gan_translate", SSL_GAN, 2),
+    ],
 )
 def test_each_arm_resolves_to_the_realistic_protocol(
-    make_cfg, model, target, augment, max_shift, test_ckpt
+    make_cfg, experiment, dataset, method, target, max_shift
 ):
-    cfg = make_cfg(
-        [
-            "experiment=study_augment",
-            f"model={model}",
-            f"augment={augment}",
-            f"test_ckpt={test_ckpt}",
-            "data.data_seed=2",
-        ]
-    )
+    cfg = make_cfg([f"experiment={experiment}", f"method={method}", "data.data_seed=2"])
     # 10 labels per class, validated on 10 more per class: no more validation labels than
-    # training labels
-    assert cfg.data.dataset == "digits" and cfg.data.labels_per_class == 10
+    # training labels; the selected and the last checkpoint both tested
+    assert cfg.data.dataset == dataset and cfg.data.labels_per_class == 10
     assert cfg.data.val_size is None and cfg.data.val_per_class == 10
-    assert cfg.test_ckpt == test_ckpt and cfg.optimized_metric == "val/acc"
-    assert cfg.model._target_ == target and cfg.trainer.max_epochs == 20
+    assert cfg.test_ckpt == "both" and cfg.optimized_metric == "val/acc"
+    assert cfg.model._target_ == target
+    assert cfg.trainer.max_epochs == (20 if dataset == "digits" else 10)
     assert cfg.augment.max_shift == max_shift and cfg.augment.rotate == 0.0
     assert not cfg.augment.flip and not cfg.augment.unlabeled
-    if model == "augmented_classifier":
+    if target == AUGMENTED:
         generator = Path(cfg.model.generator_ckpt)
         assert generator == (
             Path(cfg.paths.study_generators_dir)
-            / "digits"
+            / dataset
             / "lpc10_vpc10_seed2"
             / "checkpoints"
             / "last.ckpt"
@@ -106,7 +116,9 @@ def test_generators_train_on_the_labeled_set_of_the_study(make_cfg, data_seed):
     """Each augmented_classifier job loads a generator trained on its own labeled images (and
     nothing else labeled): those of experiment=study_generators at 10 labels per class."""
     seed = f"data.data_seed={data_seed}"
-    study = make_cfg(["experiment=study_augment", "model=augmented_classifier", seed], name="study")
+    study = make_cfg(
+        ["experiment=study_augment", "method=augmented_classifier", seed], name="study"
+    )
     generator = make_cfg(["experiment=study_augment_generators", seed], name="generator")
     assert generator.model.conditional and generator.trainer.max_epochs == 30
     labeled, validation = labeled_and_validation(study)
@@ -116,7 +128,7 @@ def test_generators_train_on_the_labeled_set_of_the_study(make_cfg, data_seed):
     assert np.array_equal(validation, generator_validation)
     # the run directory the generators' sweep gives that labeled set is the one the job reads
     sweep = with_hydra(["experiment=study_augment_generators", seed]).hydra.sweep
-    job = with_hydra(["experiment=study_augment", "model=augmented_classifier", seed])
+    job = with_hydra(["experiment=study_augment", "method=augmented_classifier", seed])
     assert sweep.subdir == f"digits/lpc10_vpc10_seed{data_seed}"
     assert Path(job.model.generator_ckpt) == Path(
         sweep.dir, sweep.subdir, "checkpoints", "last.ckpt"
