@@ -97,9 +97,9 @@ def test_instance_noise_annealing():
 
 def test_generator_objectives_and_historical_penalty():
     real, y = torch.randn(6, *SHAPE), torch.randint(K, (6,))
-    gan = make_gan(feature_matching=True, feature_layer=0, feature_norm="l1")
+    gan = make_gan(generator_objective="feature_matching", feature_layer=0, feature_norm="l1")
     torch.manual_seed(1)
-    loss = gan.generator_objective(real, y, 6)
+    loss = gan.generator_loss_on(real, y, 6)
     torch.manual_seed(1)
     fake, fake_y = gan._generate(6)
     expected = feature_matching_loss(
@@ -112,7 +112,7 @@ def test_generator_objectives_and_historical_penalty():
         for p in gan.generator.parameters():
             p.add_(0.1)  # move away from the average, so the penalty is not 0
     torch.manual_seed(2)
-    loss = gan.generator_objective(real, y, 6)
+    loss = gan.generator_loss_on(real, y, 6)
     torch.manual_seed(2)
     fake, fake_y = gan._generate(6)
     adversarial = generator_loss(gan(fake, fake_y), "hinge")
@@ -125,7 +125,7 @@ def test_generator_objectives_and_historical_penalty():
 def test_update_ratio_and_ema(make_cfg):
     import lightning as L
 
-    cfg = make_cfg(["model=gan", "model.d_steps_per_g_step=2", "model.ema_decay=0.9"])
+    cfg = make_cfg(["model=gan", "model.d_steps_per_g_step=2", "model.g_ema_decay=0.9"])
     datamodule, model = build(cfg)
     trainer = L.Trainer(
         max_epochs=1,
@@ -153,12 +153,12 @@ def test_fast_dev_run_with_every_technique(make_cfg):
                 "model=gan",
                 "debug=fdr",
                 "model.conditional=false",
-                "model.feature_matching=true",
+                "model.generator_objective=feature_matching",
                 "model.historical_averaging=0.1",
                 "model.real_target=0.9",
                 "model.instance_noise=0.1",
                 "model.instance_noise_anneal_epochs=2",
-                "model.ema_decay=0.99",
+                "model.g_ema_decay=0.99",
                 "model.g_steps_per_d_step=2",
                 "model.discriminator.minibatch_discrimination=true",
                 "model.discriminator.weight_norm=true",

@@ -87,8 +87,8 @@ def test_same_labeled_set_for_joint_module_and_baseline(make_cfg):
     "overrides",
     [
         [],
-        ["model.generator_objective=minimax", "model.generator_steps=2"],
-        ["model.generator_objective=non_saturating", "model.ema_decay=null"],
+        ["model.generator_objective=minimax", "model.g_steps_per_d_step=2"],
+        ["model.generator_objective=non_saturating", "model.d_ema_decay=null"],
         ["model.discriminator.minibatch_discrimination=true", "model.feature_layer=-2"],
         ["model.unlabeled_weight=0.5", "model.feature_norm=l1", "model.init_images=0"],
     ],
@@ -100,7 +100,7 @@ def test_switches_train_end_to_end(make_cfg, overrides):
     assert metrics["test/acc"] > 0.4 and metrics["val/acc_best"] >= metrics["val/acc"]
     assert math.isfinite(metrics["train/d_loss"]) and math.isfinite(metrics["train/g_loss"])
     # with the EMA evaluated, the raw discriminator's validation accuracy is logged beside it
-    assert ("val/acc_raw" in metrics) == ("model.ema_decay=null" not in overrides)
+    assert ("val/acc_raw" in metrics) == ("model.d_ema_decay=null" not in overrides)
 
 
 def test_minibatch_discrimination_widens_the_head(make_cfg):
@@ -132,14 +132,14 @@ def test_build_serves_the_unlabeled_streams_the_model_asks_for(make_cfg, overrid
 
 def test_evaluation_uses_the_ema_discriminator(make_cfg):
     _, model = build(make_cfg())
-    assert isinstance(model, SSLGANModule) and model.ema is not None
+    assert isinstance(model, SSLGANModule) and model.d_ema is not None
     with torch.no_grad():
-        for parameter in model.ema.shadow.parameters():
+        for parameter in model.d_ema.shadow.parameters():
             parameter.add_(1.0)
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     model.eval()
     assert not torch.allclose(model.classify(x), model(x))
-    assert torch.allclose(model.classify(x), model.ema.shadow(x))
+    assert torch.allclose(model.classify(x), model.d_ema.shadow(x))
 
 
 def test_data_dependent_init_runs_at_fit_start(make_cfg):
@@ -155,7 +155,7 @@ def test_data_dependent_init_runs_at_fit_start(make_cfg):
     )
     trainer.fit(model, datamodule=datamodule)
     assert all(bool(layer.initialized) for layer in layers)
-    assert int(model.ema.num_updates) == 1
+    assert int(model.d_ema.num_updates) == 1
 
 
 def test_without_data_init_the_scales_stay_one(make_cfg):

@@ -19,6 +19,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.errors import ConfigError
+from gendisc.utils.config import check_renamed_keys
 
 __all__ = [
     "CONFIG_KEY",
@@ -88,7 +89,11 @@ def run_config(checkpoint: dict[str, Any], path: str | Path, setting: str) -> Di
         raise ConfigError(
             f"{setting}={path} holds no gendisc config: was it written by gendisc-train?"
         )
-    return OmegaConf.create(checkpoint[CONFIG_KEY])
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    check_renamed_keys(
+        cfg.get("model"), f"{setting}={path} (its run config predates a rename; train again): "
+    )
+    return cfg
 
 
 def load_run_config(path: str | Path, setting: str = "ckpt_path") -> DictConfig:

@@ -27,6 +27,7 @@ from gendisc.utils.config import (
     instantiate_list,
     print_config_tree,
     register_resolvers,
+    renamed_override,
 )
 from gendisc.utils.failures import handle_failure, set_aside_old_failure
 
@@ -136,6 +137,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console script ``gendisc-train``."""
+    renamed = renamed_override(sys.argv[1:])
+    if renamed:
+        raise SystemExit(f"Error: {renamed}")
     sys.argv = distributed.ddp_worker_argv(sys.argv, dict(os.environ))
     hydra_main()
 

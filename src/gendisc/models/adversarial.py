@@ -1,14 +1,17 @@
 """The training core shared by every adversarial module (``gan``, ``ssl_gan``, later ones).
 
 One training step is one discriminator update followed, every ``d_steps_per_g_step`` steps, by
-``generator_steps`` generator updates, with Lightning 2 manual optimisation (``toggle_optimizer``
-freezes D while G trains). The core owns what every adversarial module needs the same way:
+``g_steps_per_d_step`` generator updates, with Lightning 2 manual optimisation
+(``toggle_optimizer`` freezes D while G trains). The core owns what every adversarial module needs
+the same way, under the same option names (``model.<name>`` in every adversarial config):
 
 - the step itself, the NaN/inf guard, the optimisers' order and the epoch-end schedulers;
 - the data-dependent init of weight-normalised (and other data-initialised) layers, done once at
   the start of a fresh fit and never on resume (the layers' ``initialized`` buffers come back
   with the checkpoint); ``init_images=0`` means no data-dependent init (g = 1, b = 0);
-- the moving averages (``ExponentialMovingAverage``) of D and/or G, restarted after that init;
+- the moving averages (``ExponentialMovingAverage``) of D (``d_ema_decay``: the D evaluated)
+  and of G (``g_ema_decay``: the G sampled), restarted after that init;
+- G's feature-matching loss (``feature_layer``, ``feature_norm``) and the sampler over G;
 - the speed work: D's weight-normalised weights are computed once per pass group
   (``weight_norm_once``), D's passes over several batches run as one pass over their
   concatenation when D has no batch-dependent layer (``discriminate_batches``), and the step's
@@ -16,20 +19,23 @@ freezes D while G trains). The core owns what every adversarial module needs the
 
 A module implements ``discriminator_loss(batch, batch_idx) -> (loss, stats)``,
 ``generator_loss(batch, batch_idx) -> loss``, ``data_init(count)`` and its parameters; it keeps
-its own losses, conditioning and logging.
+its own losses, conditioning and logging, and calls ``build_emas`` once its nets exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gendisc.errors import ConfigError
 from gendisc.guards import NonFiniteCheck
+from gendisc.losses import feature_matching_loss
 from gendisc.models.evaluation import ClassifierEvaluation
+from gendisc.models.sampling import Sampler, generator_sampler
 from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import (
     has_batch_dependent_layers,
@@ -37,6 +43,7 @@ from gendisc.nets.layers import (
     needs_data_init,
     weight_norm_once,
 )
+from gendisc.utils.config import check_renamed_keys
 
 __all__ = ["AdversarialModule", "concat_passes"]
 
@@ -66,15 +73,16 @@ class AdversarialModule(ClassifierEvaluation):
 
     Args:
         num_classes, class_names: as for every classifier module.
-        generator_steps: G updates per G turn.
-        d_steps_per_g_step: G takes its turn after every N-th D update (N >= 1).
+        g_steps_per_d_step: G updates per G turn.
+        d_steps_per_g_step: G takes its turn after every N-th D update (one of the two is 1).
+        feature_layer: index into D's hidden activations for feature matching (-1: the last).
+        feature_norm: l2 (squared difference of the batch means) or l1.
         init_images: images (or latents) for the data-dependent init (0: none, g = 1, b = 0).
         concat_d_pass: D's passes over the labeled, unlabeled and generated batches as one pass
             over their concatenation: ``auto`` (when D has no batch-dependent layer), true or
             false. Same maths; one larger matrix product instead of three.
 
-    Subclasses set ``self.discriminator`` and ``self.generator`` (and optionally
-    ``self.d_ema`` / ``self.g_ema`` through ``make_ema``) before training starts.
+    Subclasses set ``self.discriminator`` and ``self.generator``, then call ``build_emas``.
     """
 
     discriminator: nn.Module
@@ -84,29 +92,46 @@ class AdversarialModule(ClassifierEvaluation):
         self,
         num_classes: int,
         class_names: list[str] | None = None,
-        generator_steps: int = 1,
+        g_steps_per_d_step: int = 1,
         d_steps_per_g_step: int = 1,
+        feature_layer: int = -1,
+        feature_norm: str = "l2",
         init_images: int = 0,
         concat_d_pass: bool | str = "auto",
     ) -> None:
         super().__init__(num_classes, class_names)
         self.automatic_optimization = False
-        if generator_steps < 1 or d_steps_per_g_step < 1:
+        if g_steps_per_d_step < 1 or d_steps_per_g_step < 1:
             raise ConfigError(
-                "generator steps per turn and D steps per G turn must be >= 1, got "
-                f"{generator_steps} and {d_steps_per_g_step}"
+                f"model.g_steps_per_d_step={g_steps_per_d_step}, model.d_steps_per_g_step="
+                f"{d_steps_per_g_step}: both must be >= 1"
             )
-        if generator_steps > 1 and d_steps_per_g_step > 1:
-            raise ConfigError("at most one of the D/G step ratios may be above 1")
+        if g_steps_per_d_step > 1 and d_steps_per_g_step > 1:
+            raise ConfigError(
+                "model.g_steps_per_d_step and model.d_steps_per_g_step: at most one may be above 1"
+            )
         if concat_d_pass not in ("auto", True, False):
             raise ConfigError(f"model.concat_d_pass={concat_d_pass!r}: choose auto, true or false")
-        self.generator_steps = int(generator_steps)
+        if feature_norm not in ("l2", "l1"):
+            raise ConfigError(f"model.feature_norm={feature_norm!r}: choose l2 or l1")
+        self.g_steps_per_d_step = int(g_steps_per_d_step)
         self.d_steps_per_g_step = int(d_steps_per_g_step)
+        self.feature_layer = int(feature_layer)
+        self.feature_norm = feature_norm
         self.init_images = int(init_images)
         self.concat_d_pass_setting = concat_d_pass
+        self.d_ema: ExponentialMovingAverage | None = None
+        self.g_ema: ExponentialMovingAverage | None = None
         self.nonfinite = NonFiniteCheck(self)
         self._stat_names: list[str] | None = None
         self._stat_sum: Tensor | None = None
+
+    def build_emas(self, d_ema_decay: float | None, g_ema_decay: float | None) -> None:
+        """The moving averages of D (``d_ema``) and of G (``g_ema``); a null or 0 decay: none."""
+        if d_ema_decay:
+            self.d_ema = ExponentialMovingAverage(self.discriminator, d_ema_decay)
+        if g_ema_decay:
+            self.g_ema = ExponentialMovingAverage(self.generator, g_ema_decay)
 
     # ------------------------------------------------------------------- module-specific parts
     def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
@@ -123,7 +148,35 @@ class AdversarialModule(ClassifierEvaluation):
 
     def emas(self) -> list[tuple[ExponentialMovingAverage, nn.Module]]:
         """The (moving average, averaged net) pairs of this module."""
-        return []
+        pairs = [(self.d_ema, self.discriminator), (self.g_ema, self.generator)]
+        return [(ema, net) for ema, net in pairs if ema is not None]
+
+    def sampler(self) -> Sampler:
+        """Samples from the EMA generator when enabled, else from the generator (eval mode)."""
+        shadow = self.g_ema.shadow if self.g_ema is not None else None
+        return generator_sampler(self.generator, self.device, shadow=shadow)
+
+    def feature_matching(
+        self, features: Callable[..., list[Tensor]], fake: Sequence[Any], real: Sequence[Any]
+    ) -> Tensor:
+        """G's feature-matching loss: ``features(*fake)`` against ``features(*real)`` (no
+        gradient) at D's hidden layer ``feature_layer``, in float32 (also under bf16 autocast:
+        the loss is a small difference of batch means)."""
+        fake_features = features(*fake)[self.feature_layer]
+        with torch.no_grad():
+            real_features = features(*real)[self.feature_layer]
+        return feature_matching_loss(
+            fake_features.float(), real_features.float(), norm=self.feature_norm
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose saved options hold a renamed one (its weights' names may
+        differ too) with the option to use, before Lightning compares the weights."""
+        check_renamed_keys(
+            checkpoint.get("hyper_parameters"),
+            "ckpt_path (its saved options predate a rename; train the run again): ",
+        )
+        super().on_load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -191,7 +244,7 @@ class AdversarialModule(ClassifierEvaluation):
         if batch_idx % self.d_steps_per_g_step == 0:
             self.toggle_optimizer(g_optimizer)
             with self.frozen_discriminator():
-                for _ in range(self.generator_steps):
+                for _ in range(self.g_steps_per_d_step):
                     g_loss = self.generator_loss(batch, batch_idx)
                     self.nonfinite.check(g_loss, "generator loss", batch_idx)
                     g_optimizer.zero_grad(set_to_none=True)

@@ -19,16 +19,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gendisc.errors import ConfigError
-from gendisc.losses import (
-    GAN_KINDS,
-    HistoricalAverage,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_loss,
-)
+from gendisc.losses import GAN_KINDS, HistoricalAverage, discriminator_loss, generator_loss
 from gendisc.models.adversarial import AdversarialModule
-from gendisc.models.sampling import Sampler, generator_sampler
-from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import data_dependent_init
 
 Conditioning = Literal["projection", "concat"]
@@ -55,7 +47,8 @@ def annealed_sigma(sigma: float, anneal_epochs: float, progress: float) -> float
 
 class GANModule(AdversarialModule):
     """GAN on the adversarial core: one D update per batch, G updated every
-    ``d_steps_per_g_step`` batches, ``g_steps_per_d_step`` times.
+    ``d_steps_per_g_step`` batches, ``g_steps_per_d_step`` times (see ``AdversarialModule`` for
+    the options it shares with every adversarial module).
 
     Args:
         discriminator: partial of a classifier net (``in_shape``, ``num_classes``); built with
@@ -66,20 +59,18 @@ class GANModule(AdversarialModule):
         conditional: class-conditional G and D, trained on the labeled batch; otherwise the
             GAN is trained on the unlabeled pool (every training image).
         conditioning: how D sees the label: ``projection`` or ``concat``.
-        loss: non_saturating, minimax or hinge (``gendisc.losses``).
-        d_steps_per_g_step, g_steps_per_d_step: update ratio (one of them must be 1).
-        feature_matching: G minimises feature matching on D's hidden layer ``feature_layer``
-            instead of the adversarial loss (norm ``feature_norm``).
+        loss: D's adversarial loss: non_saturating, minimax or hinge (``gendisc.losses``).
+        generator_objective: G's loss: feature_matching (the batch means of D's hidden layer
+            ``feature_layer``, norm ``feature_norm``), or an adversarial loss (non_saturating,
+            minimax, hinge); None: the adversarial loss named by ``loss``.
         historical_averaging: weight of the historical-averaging penalty of both players (0 off).
         real_target: target of real images in D's loss; < 1 is one-sided label smoothing.
         instance_noise: sigma of Gaussian noise added to every image D sees (0 off), decayed
             linearly to 0 over ``instance_noise_anneal_epochs`` (0: constant).
-        ema_decay: decay of an exponential moving average of G's weights, used for sampling
+        g_ema_decay: decay of an exponential moving average of G's weights, used for sampling
             and metrics (null: off).
-        init_images: images for the data-dependent init of weight-normalised layers (0: none,
-            g = 1 and b = 0), done at the start of a fresh fit, never on resume.
-        concat_d_pass: D's real and generated batches as one pass (auto: when D has no
-            batch-dependent layer; see ``AdversarialModule``).
+        d_steps_per_g_step, g_steps_per_d_step, feature_layer, feature_norm, init_images,
+            concat_d_pass: as for ``AdversarialModule``.
     """
 
     def __init__(
@@ -94,24 +85,26 @@ class GANModule(AdversarialModule):
         conditional: bool = True,
         conditioning: Conditioning = "projection",
         loss: str = "non_saturating",
+        generator_objective: str | None = None,
         d_steps_per_g_step: int = 1,
         g_steps_per_d_step: int = 1,
-        feature_matching: bool = False,
         feature_layer: int = -1,
         feature_norm: Literal["l2", "l1"] = "l2",
         historical_averaging: float = 0.0,
         real_target: float = 1.0,
         instance_noise: float = 0.0,
         instance_noise_anneal_epochs: float = 0.0,
-        ema_decay: float | None = None,
+        g_ema_decay: float | None = None,
         init_images: int = 0,
         concat_d_pass: bool | str = "auto",
     ) -> None:
         super().__init__(
             num_classes,
             class_names,
-            generator_steps=g_steps_per_d_step,
+            g_steps_per_d_step=g_steps_per_d_step,
             d_steps_per_g_step=d_steps_per_g_step,
+            feature_layer=feature_layer,
+            feature_norm=feature_norm,
             init_images=init_images,
             concat_d_pass=concat_d_pass,
         )
@@ -120,6 +113,12 @@ class GANModule(AdversarialModule):
         )
         if loss not in GAN_KINDS:
             raise ConfigError(f"model.loss={loss!r}: choose one of {GAN_KINDS}")
+        objective = loss if generator_objective is None else generator_objective
+        if objective not in ("feature_matching", *GAN_KINDS):
+            raise ConfigError(
+                f"model.generator_objective={objective!r}: choose feature_matching or one of "
+                f"{GAN_KINDS}"
+            )
         if conditioning not in ("projection", "concat"):
             raise ConfigError(f"model.conditioning={conditioning!r}: choose projection or concat")
         if not 0.0 < real_target <= 1.0:
@@ -142,14 +141,12 @@ class GANModule(AdversarialModule):
         self.d_optimizer_factory = d_optimizer
         self.g_optimizer_factory = g_optimizer
         self.loss = loss
-        self.feature_matching = feature_matching
-        self.feature_layer = feature_layer
-        self.feature_norm = feature_norm
+        self.generator_objective = objective
         self.historical_averaging = float(historical_averaging)
         self.real_target = float(real_target)
         self.instance_noise = float(instance_noise)
         self.instance_noise_anneal_epochs = float(instance_noise_anneal_epochs)
-        self.g_ema = ExponentialMovingAverage(self.generator, ema_decay) if ema_decay else None
+        self.build_emas(d_ema_decay=None, g_ema_decay=g_ema_decay)
         if self.historical_averaging > 0:
             self.d_history = HistoricalAverage(self.discriminator)
             self.p_history = HistoricalAverage(self.projection) if self.projection else None
@@ -189,11 +186,6 @@ class GANModule(AdversarialModule):
         return torch.stack(scores, dim=1)
 
     # ------------------------------------------------------------------------------ sampling
-    def sampler(self) -> Sampler:
-        """Samples from the EMA generator when enabled, else from the generator (eval mode)."""
-        shadow = self.g_ema.shadow if self.g_ema is not None else None
-        return generator_sampler(self.generator, self.device, shadow=shadow)
-
     def _fake_labels(self, n: int) -> Tensor | None:
         if not self.conditional:
             return None
@@ -216,9 +208,6 @@ class GANModule(AdversarialModule):
             steps = int(steps) if isinstance(steps, int) and steps > 0 else 1
             progress = trainer.current_epoch + batch_idx / steps
         return annealed_sigma(self.instance_noise, self.instance_noise_anneal_epochs, progress)
-
-    def emas(self) -> list[tuple[ExponentialMovingAverage, nn.Module]]:
-        return [(self.g_ema, self.generator)] if self.g_ema is not None else []
 
     def data_init(self, count: int) -> None:
         """D's layers from ``count`` unlabeled images (a fixed draw; random labels for a
@@ -290,7 +279,7 @@ class GANModule(AdversarialModule):
 
     def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         real, labels = self._real_batch(batch)
-        return self.generator_objective(
+        return self.generator_loss_on(
             real, labels, real.shape[0], self.current_instance_noise(batch_idx)
         )
 
@@ -304,23 +293,22 @@ class GANModule(AdversarialModule):
             self._update_history("g")
         super().after_generator_update()
 
-    def generator_objective(
+    def generator_loss_on(
         self, real: Tensor, labels: Tensor | None, n: int, sigma: float = 0.0
     ) -> Tensor:
-        """G's loss on a fresh generated batch: feature matching or the adversarial loss,
-        plus the historical-averaging penalty."""
+        """G's loss (``generator_objective``) on a fresh generated batch of ``n``: feature
+        matching against ``real`` or an adversarial loss, plus the historical-averaging
+        penalty."""
         fake, fake_labels = self._generate(n)
-        if self.feature_matching:
-            _, fake_features = self.discriminate(fake, fake_labels, sigma)
-            with torch.no_grad():
-                _, real_features = self.discriminate(real, labels, sigma)
-            layer = self.feature_layer
-            loss = feature_matching_loss(
-                fake_features[layer], real_features[layer], norm=self.feature_norm
+        if self.generator_objective == "feature_matching":
+            loss = self.feature_matching(
+                lambda x, y: self.discriminate(x, y, sigma)[1],
+                (fake, fake_labels),
+                (real, labels),
             )
         else:
             fake_logit, _ = self.discriminate(fake, fake_labels, sigma)
-            loss = generator_loss(fake_logit, self.loss)
+            loss = generator_loss(fake_logit, self.generator_objective)
         if self.historical_averaging > 0:
             loss = loss + self.historical_averaging * self._history_penalty("g")
         return loss

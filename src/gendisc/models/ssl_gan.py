@@ -15,36 +15,40 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
+from gendisc.errors import ConfigError
 from gendisc.losses import (
-    feature_matching_loss,
     ssl_generator_minimax_loss,
     ssl_generator_nonsaturating_loss,
     ssl_supervised_loss,
     ssl_unsupervised_loss,
 )
 from gendisc.models.adversarial import AdversarialModule
-from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import data_dependent_init
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
+GENERATOR_OBJECTIVES = ("feature_matching", "minimax", "non_saturating")
 
 
 class SSLGANModule(AdversarialModule):
-    """K+1-class semi-supervised GAN on the adversarial core (one D step, then G steps).
+    """K+1-class semi-supervised GAN on the adversarial core (one D step, then G steps; see
+    ``AdversarialModule`` for the options it shares with every adversarial module).
 
     Args:
         discriminator: partial of a classifier net (``in_shape``, ``num_classes``) exposing
             ``forward_with_features``; its minibatch-discrimination switch lives in its config.
         generator: partial of a generator net (``out_shape``).
         d_optimizer, g_optimizer: partials of torch optimizers.
-        generator_objective: feature_matching (the paper's SSL choice), minimax or non_saturating.
+        generator_objective: G's loss: feature_matching (the paper's SSL choice), minimax or
+            non_saturating (the K+1-class forms of the GAN's losses of those names).
         feature_layer: index into the discriminator's hidden activations for feature matching
             (-1: the last hidden layer).
         feature_norm: l2 (MNIST code: squared difference of the means) or l1 (CIFAR code).
         separate_feature_batch: take the real feature statistics from a second unlabeled batch.
         unlabeled_weight: w in ``L_lab + w * L_unl``.
-        generator_steps: G updates per D update (the minibatch-discrimination scripts use 3).
-        ema_decay: decay of the moving average of D's weights used for evaluation; null: off.
+        g_steps_per_d_step: G updates per D update (the minibatch-discrimination scripts use 3).
+        d_steps_per_g_step: G takes its turn after every N-th D update.
+        d_ema_decay: decay of the moving average of D's weights used for evaluation; null: off.
+        g_ema_decay: decay of the moving average of G's weights used for samples; null: off.
         init_images: images for the data-dependent init of weight-normalised layers (0: off).
         lr_decay_epochs: decay both learning rates linearly to 0 over the last N epochs.
         concat_d_pass: D's three batches as one pass (auto: when D has no batch-dependent
@@ -65,8 +69,10 @@ class SSLGANModule(AdversarialModule):
         feature_norm: Literal["l2", "l1"] = "l2",
         separate_feature_batch: bool = True,
         unlabeled_weight: float = 1.0,
-        generator_steps: int = 1,
-        ema_decay: float | None = 0.9999,
+        g_steps_per_d_step: int = 1,
+        d_steps_per_g_step: int = 1,
+        d_ema_decay: float | None = 0.9999,
+        g_ema_decay: float | None = None,
         init_images: int = 500,
         lr_decay_epochs: int = 0,
         concat_d_pass: bool | str = "auto",
@@ -74,10 +80,18 @@ class SSLGANModule(AdversarialModule):
         super().__init__(
             num_classes,
             class_names,
-            generator_steps=generator_steps,
+            g_steps_per_d_step=g_steps_per_d_step,
+            d_steps_per_g_step=d_steps_per_g_step,
+            feature_layer=feature_layer,
+            feature_norm=feature_norm,
             init_images=init_images,
             concat_d_pass=concat_d_pass,
         )
+        if generator_objective not in GENERATOR_OBJECTIVES:
+            raise ConfigError(
+                f"model.generator_objective={generator_objective!r}: choose one of "
+                f"{GENERATOR_OBJECTIVES}"
+            )
         self.save_hyperparameters(
             ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
         )
@@ -86,14 +100,12 @@ class SSLGANModule(AdversarialModule):
         self.d_optimizer_factory = d_optimizer
         self.g_optimizer_factory = g_optimizer
         self.generator_objective = generator_objective
-        self.feature_layer = feature_layer
-        self.feature_norm = feature_norm
         self.unlabeled_weight = unlabeled_weight
         self.lr_decay_epochs = lr_decay_epochs
-        self.ema = ExponentialMovingAverage(self.discriminator, ema_decay) if ema_decay else None
+        self.build_emas(d_ema_decay=d_ema_decay, g_ema_decay=g_ema_decay)
         # the raw D's validation accuracy, beside the EMA's (only when the EMA is evaluated)
         self.val_acc_raw = (
-            MulticlassAccuracy(num_classes, average="micro") if self.ema is not None else None
+            MulticlassAccuracy(num_classes, average="micro") if self.d_ema is not None else None
         )
         uses_feature_batch = generator_objective == "feature_matching" and separate_feature_batch
         # the datamodule yields this many unlabeled batches per step (x_unl, x_unl2)
@@ -105,7 +117,7 @@ class SSLGANModule(AdversarialModule):
 
     def classify(self, x: Tensor) -> Tensor:
         """K class logits from the EMA discriminator when enabled (noise off in eval mode)."""
-        return self.ema.shadow(x) if self.ema is not None else self.discriminator(x)
+        return self.d_ema.shadow(x) if self.d_ema is not None else self.discriminator(x)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Validation metrics of the evaluated D (EMA when enabled); with the EMA on, also the
@@ -117,13 +129,10 @@ class SSLGANModule(AdversarialModule):
             self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
     def sample(self, count: int) -> Tensor:
-        """``count`` generated images in [-1, 1]."""
+        """``count`` images in [-1, 1] from the trained generator (the one D plays against)."""
         return self.generator(self.generator.sample_latent(count, device=self.device))
 
     # ------------------------------------------------------------------------------- training
-    def emas(self) -> list[tuple[ExponentialMovingAverage, nn.Module]]:
-        return [(self.ema, self.discriminator)] if self.ema is not None else []
-
     def data_init(self, count: int) -> None:
         """D's layers from ``count`` unlabeled images (a fixed draw), G's from ``count`` latents."""
         images = self.trainer.datamodule.unlabeled_sample(count, seed=0)
@@ -162,13 +171,8 @@ class SSLGANModule(AdversarialModule):
         x_real = batch.get("x_unl2", batch["x_unl"])
         fake = self.sample(len(batch["x_unl"]))
         if self.generator_objective == "feature_matching":
-            _, fake_features = self.discriminator.forward_with_features(fake)
-            with torch.no_grad():
-                _, real_features = self.discriminator.forward_with_features(x_real)
-            layer = self.feature_layer
-            # float32 also under bf16 autocast: the loss is a small difference of batch means
-            return feature_matching_loss(
-                fake_features[layer].float(), real_features[layer].float(), norm=self.feature_norm
+            return self.feature_matching(
+                lambda x: self.discriminator.forward_with_features(x)[1], (fake,), (x_real,)
             )
         logits_fake = self.discriminator(fake).float()
         if self.generator_objective == "minimax":

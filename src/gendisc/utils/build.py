@@ -6,11 +6,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from gendisc.utils.config import check_renamed_keys
+
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The datamodule (data read, label protocol applied) and the model sized for its data;
     the datamodule serves as many unlabeled streams per step as the model asks for and applies
-    ``cfg.augment`` (absent from configs stored before it existed: no augmentation)."""
+    ``cfg.augment`` (absent from configs stored before it existed: no augmentation). A model
+    option that was renamed is refused with the name to use instead."""
+    check_renamed_keys(cfg.model)
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
     datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     datamodule.load()

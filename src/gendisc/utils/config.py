@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,46 @@ def optimized_mode(metric: str | None, mode: str | None = None) -> str:
 def sweep_direction(metric: str | None, mode: str | None = None) -> str:
     """The Optuna direction of ``optimized_metric``: 'minimize' or 'maximize'."""
     return "minimize" if optimized_mode(metric, mode) == "min" else "maximize"
+
+
+# model options renamed so that one idea has one name in every module: old name -> what to use.
+# An old name is refused (never read as its successor), in a composed config, on the command line
+# and in a stored run config (a checkpoint written before the rename).
+RENAMED_MODEL_KEYS = {
+    "ema_decay": (
+        "model.g_ema_decay (moving average of G's weights, for samples: model=gan's ema_decay) "
+        "or model.d_ema_decay (of D's weights, for evaluation: model=ssl_gan's ema_decay)"
+    ),
+    "feature_matching": (
+        "model.generator_objective=feature_matching (G's loss; false was the adversarial loss: "
+        "model.generator_objective=${model.loss}, the default)"
+    ),
+    "generator_steps": "model.g_steps_per_d_step (G updates per D update)",
+}
+
+
+def _renamed_message(old: str, where: str) -> str:
+    return f"{where}model.{old} was renamed: use {RENAMED_MODEL_KEYS[old]}."
+
+
+def check_renamed_keys(model: Mapping[str, Any] | None, where: str = "") -> None:
+    """Refuse a model config (or saved hyper-parameters) holding a renamed option: one
+    ConfigError naming the option to use instead. ``where`` prefixes the message (the file)."""
+    for old in RENAMED_MODEL_KEYS:
+        if model is not None and old in model:
+            raise ConfigError(_renamed_message(old, where))
+
+
+def renamed_override(args: Sequence[str]) -> str | None:
+    """The message for the first command-line override that sets a renamed model option
+    (``model.ema_decay=...``, ``+model.ema_decay=...``, ``~model.ema_decay``), else None.
+    Checked before Hydra composes, whose own error would not name the new option."""
+    for arg in args:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        old = key.removeprefix("model.")
+        if key.startswith("model.") and old in RENAMED_MODEL_KEYS:
+            return _renamed_message(old, "")
+    return None
 
 
 def slurm_gpus(accelerator: str, devices: Any) -> int:
