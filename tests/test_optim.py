@@ -162,3 +162,32 @@ def test_loads_the_state_of_the_per_parameter_implementation(step_type):
         ]
     for p, e in zip(params, expected, strict=True):
         assert torch.allclose(p.detach().double(), e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_update_equals_the_eager_one_and_compiles_once():
+    """compile=True: the same parameters and moments as the for-each update over several
+    steps (float rounding aside), with one compilation for all of them."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    shapes = [(30, 20), (30,), (10, 30)]
+    start = [torch.randn(shape) for shape in shapes]
+    results = []
+    counters.clear()
+    for compile in (False, True):
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = AdamEpsInsideSqrt(params, lr=0.003, betas=(0.5, 0.999), compile=compile)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(5):
+            for p in params:  # large and tiny gradients, where eps inside the root matters
+                p.grad = torch.randn(p.shape, generator=generator) * 10.0 ** -(step % 3 * 3)
+            optimizer.step()
+        results.append((params, optimizer.state_dict()["state"]))
+    (eager, eager_state), (compiled, compiled_state) = results
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    for index, state in eager_state.items():
+        assert compiled_state[index]["step"] == state["step"] == 5
+        torch.testing.assert_close(compiled_state[index]["exp_avg_sq"], state["exp_avg_sq"])
+    assert counters["stats"]["unique_graphs"] == 1  # steps 2-5 reused the first compilation
