@@ -216,30 +216,22 @@ class SSLVAEModule(ClassifierEvaluation):
         k = int(num_classes)
         flat = math.prod(self.data_shape)
         aux = auxiliary != "none"
-        # q(z | x, y) or q(z | a, y, x); p(x | y, z) or p(x | a, y, z) (SDGM); q(y | x) or q(y | a, x)
-        joint_shape = (flat + self.aux_dim,) if aux else self.data_shape
-        self.encoder = encoder(in_shape=joint_shape, latent_dim=self.latent_dim, num_classes=k)
-        decoder_latent = self.latent_dim + (self.aux_dim if auxiliary == "sdgm" else 0)
-        self.decoder = decoder(latent_dim=decoder_latent, out_shape=self.data_shape, num_classes=k)
-        self.classifier = classifier(in_shape=joint_shape, num_classes=k)
-        self.aux_encoder: nn.Module | None = None
-        self.aux_decoder: nn.Module | None = None
-        if aux:
-            # q(a | x); p(a | x, y, z) (ADGM) or p(a | z, y) (SDGM)
-            self.aux_encoder = encoder(
-                in_shape=self.data_shape, latent_dim=self.aux_dim, num_classes=0
-            )
-            prior_in = self.latent_dim + (flat if auxiliary == "adgm" else 0)
-            self.aux_decoder = encoder(in_shape=(prior_in,), latent_dim=self.aux_dim, num_classes=k)
+        dense = (
+            "model.auxiliary and model.m1 feed vectors (concatenated, or M1's code) to the nets: "
+            "use the dense ones (model/encoder=mlp model/decoder=mlp model/net@model.classifier=mlp)"
+        )
+        try:
+            self._build_nets(encoder, decoder, classifier, flat, k)
+        except (ValueError, RuntimeError, TypeError, ConfigError) as error:
+            if aux or m1:
+                raise ConfigError(f"{dense} ({error})") from error
+            raise
         if (aux or m1) and not (
             isinstance(self.encoder, MLPEncoder)
             and isinstance(self.classifier, MLPClassifier)
             and (isinstance(self.decoder, MLPDecoder) or not m1)
         ):
-            raise ConfigError(
-                "model.auxiliary and model.m1 feed concatenated vectors to the nets: use the "
-                "dense ones (model/encoder=mlp model/decoder=mlp model/net@model.classifier=mlp)"
-            )
+            raise ConfigError(dense)
         self.likelihood = likelihood
         self.binarize = bool(binarize)
         if likelihood == "gaussian":
@@ -249,6 +241,31 @@ class SSLVAEModule(ClassifierEvaluation):
         self.alpha_value: float | None = None  # resolved at fit start
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+
+    def _build_nets(
+        self,
+        encoder: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
+        classifier: Callable[..., nn.Module],
+        flat: int,
+        k: int,
+    ) -> None:
+        """q(z | x, y) or q(z | a, y, x); p(x | y, z) or p(x | a, y, z) (SDGM); q(y | x) or
+        q(y | a, x); with an auxiliary variable q(a | x) and p(a | x, y, z) or p(a | z, y)."""
+        aux = self.auxiliary != "none"
+        joint_shape = (flat + self.aux_dim,) if aux else self.data_shape
+        self.encoder = encoder(in_shape=joint_shape, latent_dim=self.latent_dim, num_classes=k)
+        decoder_latent = self.latent_dim + (self.aux_dim if self.auxiliary == "sdgm" else 0)
+        self.decoder = decoder(latent_dim=decoder_latent, out_shape=self.data_shape, num_classes=k)
+        self.classifier = classifier(in_shape=joint_shape, num_classes=k)
+        self.aux_encoder: nn.Module | None = None
+        self.aux_decoder: nn.Module | None = None
+        if aux:
+            self.aux_encoder = encoder(
+                in_shape=self.data_shape, latent_dim=self.aux_dim, num_classes=0
+            )
+            prior_in = self.latent_dim + (flat if self.auxiliary == "adgm" else 0)
+            self.aux_decoder = encoder(in_shape=(prior_in,), latent_dim=self.aux_dim, num_classes=k)
 
     def _load_m1(self, path: str) -> None:
         """M1's frozen encoder and decoder from an unconditional model=vae checkpoint."""
