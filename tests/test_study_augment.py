@@ -51,6 +51,7 @@ def test_one_sweep_gives_every_arm_and_three_labeled_sets():
             "classifier_translate",
             "augmented_classifier",
             "augmented_classifier_translate",
+            "augmented_classifier_ssl_vae",
             "ssl_gan_labels_only",
             "ssl_gan_labels_only_translate",
             "ssl_gan",
@@ -136,3 +137,27 @@ def test_generators_train_on_the_labeled_set_of_the_study(make_cfg, data_seed):
     # experiment=study_generators at 10 labels per class: the same labeled set, the same run
     shared = with_hydra(["experiment=study_generators", seed, "data.labels_per_class=10"]).hydra
     assert (shared.sweep.dir, shared.sweep.subdir) == (sweep.dir, sweep.subdir)
+
+
+@pytest.mark.parametrize("data_seed", [0, 1, 2])
+def test_ssl_vae_generators_train_on_the_labeled_set_of_the_study(make_cfg, data_seed):
+    """The M2 each augmented_classifier_ssl_vae job samples from was trained on the job's
+    labeled and validation split (and the unlabeled pool), in the directory the job reads."""
+    seed = f"data.data_seed={data_seed}"
+    study = make_cfg(
+        ["experiment=study_augment", "method=augmented_classifier_ssl_vae", seed], name="study"
+    )
+    assert study.model._target_ == AUGMENTED and study.model.synthetic_ratio == 0.5
+    generator = make_cfg(["experiment=study_ssl_vae_generators", seed], name="generator")
+    assert generator.model._target_ == "gendisc.models.ssl_vae.SSLVAEModule"
+    assert generator.trainer.max_epochs == 100
+    labeled, validation = labeled_and_validation(study)
+    generator_labeled, generator_validation = labeled_and_validation(generator)
+    assert np.array_equal(labeled, generator_labeled)
+    assert np.array_equal(validation, generator_validation)
+    sweep = with_hydra(["experiment=study_ssl_vae_generators", seed]).hydra.sweep
+    job = with_hydra(["experiment=study_augment", "method=augmented_classifier_ssl_vae", seed])
+    assert sweep.subdir == f"digits/ssl_vae_lpc10_vpc10_seed{data_seed}"
+    assert Path(job.model.generator_ckpt) == Path(
+        sweep.dir, sweep.subdir, "checkpoints", "last.ckpt"
+    )
