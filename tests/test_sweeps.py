@@ -228,4 +228,6 @@ def test_studies_train_augmented_classifier_on_the_generator_of_its_labeled_set(
     assert trained["data_seed"] == 0 and trained["data/labeled"] == 20
     assert not (sweep / "0" / "failure.json").exists()
     failure = json.loads((sweep / "1" / "failure.json").read_text())
-    assert "lpc2_vpc2_seed1" in failure["error"] and "experiment=study_generators" in failure["error"]
+    assert (
+        "lpc2_vpc2_seed1" in failure["error"] and "experiment=study_generators" in failure["error"]
+    )
