@@ -22,6 +22,10 @@ class ExponentialMovingAverage(nn.Module):
     Calling it runs the shadow. The shadow starts as a copy of ``module``; call
     ``reset(module)`` after a data-dependent init or weight loading. The paper uses
     decay = 1 - 1e-4 for D; ``warmup`` (default on) lowers the decay over the first updates.
+
+    Hand-written rather than ``torch.optim.swa_utils.AveragedModel``: that class reads its
+    ``n_averaged`` tensor on the host at every update (a device sync per training step on a
+    GPU) and has neither the warm-up nor the restart after a data-dependent init.
     """
 
     num_updates: Tensor

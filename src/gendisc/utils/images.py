@@ -1,4 +1,5 @@
-"""Image grids with numpy and PIL only (no torchvision)."""
+"""Image grids with numpy and PIL only: no torchvision wheel loads beside the pinned CPU torch
+(PyPI's torchvision 0.28.0 links libtorch_cuda.so), so ``make_grid`` is not available."""
 
 from __future__ import annotations
 
