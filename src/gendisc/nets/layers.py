@@ -78,7 +78,43 @@ class GaussianNoise(nn.Module):
         return f"sigma={self.sigma}"
 
 
-class MinibatchDiscrimination(nn.Module):
+class _DataInitModule(nn.Module):
+    """A layer with a data-dependent init: the ``initialized`` buffer (False until the init ran,
+    saved in the state dict) and a Python-side cache of it, so that a forward needs no device
+    sync. Subclasses call ``_setup_init`` in ``__init__`` and ``_mark_initialized`` after the
+    init."""
+
+    initialized: Tensor
+    data_init: bool
+    _init_seen: bool
+
+    def _setup_init(self, data_init: bool) -> None:
+        """Register ``initialized`` (True when ``data_init`` is off: nothing to wait for)."""
+        self.data_init = bool(data_init)
+        self.register_buffer("initialized", torch.tensor(not self.data_init))
+        self._init_seen = False  # Python-side cache to avoid a device sync per forward
+
+    def is_initialized(self) -> bool:
+        """Whether the data-dependent init has run (or is off, or was loaded)."""
+        if not self._init_seen:
+            self._init_seen = bool(self.initialized)
+        return self._init_seen
+
+    def reset_initialization(self) -> None:
+        """Mark the layer uninitialised so that its next initialising forward re-runs the init."""
+        self.initialized.fill_(False)
+        self._init_seen = False
+
+    def _mark_initialized(self) -> None:
+        self.initialized.fill_(True)
+        self._init_seen = True
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False
+
+
+class MinibatchDiscrimination(_DataInitModule):
     """Minibatch discrimination (Salimans et al. 2016, section 3.2) with the parametrisation,
     bias and data-dependent init of the authors' ``MinibatchLayer``.
 
@@ -130,14 +166,12 @@ class MinibatchDiscrimination(nn.Module):
                 f"mbd_kernels={num_kernels}, mbd_dim={kernel_dim}"
             )
         self.out_features = self.in_features + self.num_kernels
-        self.data_init = bool(data_init)
         self.theta = nn.Parameter(
             torch.randn(self.in_features, self.num_kernels, self.kernel_dim) * init_std
         )
         self.log_weight_scale = nn.Parameter(torch.zeros(self.num_kernels, self.kernel_dim))
         self.bias = nn.Parameter(torch.full((self.num_kernels,), -1.0))
-        self.register_buffer("initialized", torch.tensor(not self.data_init))
-        self._init_seen = False  # Python-side cache to avoid a device sync per forward
+        self._setup_init(data_init)
         if reference_shape is not None:
             shape = as_shape(reference_shape)
             self.register_buffer("reference", torch.zeros(shape))
@@ -153,17 +187,6 @@ class MinibatchDiscrimination(nn.Module):
         """(B, N, C): M_{i,b} for every kernel b and example i."""
         m = (f @ weight.flatten(1)).view(f.shape[0], self.num_kernels, self.kernel_dim)
         return m.transpose(0, 1)
-
-    def is_initialized(self) -> bool:
-        """Whether the data-dependent init has run (or is off, or was loaded)."""
-        if not self._init_seen:
-            self._init_seen = bool(self.initialized)
-        return self._init_seen
-
-    def reset_initialization(self) -> None:
-        """Mark the layer uninitialised so that the next training forward re-runs the init."""
-        self.initialized.fill_(False)
-        self._init_seen = False
 
     @torch.no_grad()
     def _initialize(self, f: Tensor) -> None:
@@ -181,8 +204,7 @@ class MinibatchDiscrimination(nn.Module):
         self.log_weight_scale.sub_(half_mean_min.log().unsqueeze(1))
         c = torch.exp(-dist / half_mean_min.view(-1, 1, 1)).masked_fill(eye, 0.0)
         self.bias.copy_(-c.sum(dim=2).mean(dim=1))
-        self.initialized.fill_(True)
-        self._init_seen = True
+        self._mark_initialized()
 
     def forward(self, f: Tensor, reference: Tensor | None = None) -> Tensor:
         if reference is None and self.training and not self.is_initialized():
@@ -198,10 +220,6 @@ class MinibatchDiscrimination(nn.Module):
         o = c.sum(dim=2).transpose(0, 1) + self.bias  # (N, B)
         return torch.cat([f, o], dim=1)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._init_seen = False
-
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_kernels={self.num_kernels}, "
@@ -209,7 +227,7 @@ class MinibatchDiscrimination(nn.Module):
         )
 
 
-class _WeightNormBase(nn.Module):
+class _WeightNormBase(_DataInitModule):
     """Weight normalisation w = g * v / ||v|| (one norm per output unit) with bias b.
 
     Data-dependent init (Salimans & Kingma 2016): while the ``initialized`` buffer is False,
@@ -238,12 +256,10 @@ class _WeightNormBase(nn.Module):
         self._out_dim = out_dim
         n_out = v_shape[out_dim]
         self.init_scale = float(init_scale)
-        self.data_init = bool(data_init)
         self.v = nn.Parameter(torch.randn(v_shape) * weight_init_std)
         self.g = nn.Parameter(torch.ones(n_out), requires_grad=train_scale)
         self.bias = nn.Parameter(torch.zeros(n_out))
-        self.register_buffer("initialized", torch.tensor(not data_init))
-        self._init_seen = False  # Python-side cache to avoid a device sync per forward
+        self._setup_init(data_init)
         self._prepared: Any = None  # set by ``weight_norm_once``
         self._cache_depth = 0
 
@@ -274,16 +290,6 @@ class _WeightNormBase(nn.Module):
         """The effective weight g * v / ||v||."""
         return self.direction() * self._unit_view(self.g)
 
-    def is_initialized(self) -> bool:
-        if not self._init_seen:
-            self._init_seen = bool(self.initialized)
-        return self._init_seen
-
-    def reset_initialization(self) -> None:
-        """Mark the layer uninitialised so that the next forward re-runs the data init."""
-        self.initialized.fill_(False)
-        self._init_seen = False
-
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         t = self._op(x, self.direction(), None)
@@ -293,18 +299,13 @@ class _WeightNormBase(nn.Module):
         g = self.init_scale / std
         self.g.copy_(g)
         self.bias.copy_(-mean * g)
-        self.initialized.fill_(True)
-        self._init_seen = True
+        self._mark_initialized()
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.is_initialized():
             self._initialize(x)
         prepared = self._prepared if self._prepared is not None else self._prepare()
         return self._forward_with(x, prepared)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._init_seen = False
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -407,8 +408,12 @@ class WeightNormLinear(_WeightNormBase):
         return f"{self.in_features}, {self.out_features}, init_scale={self.init_scale}"
 
 
-class WeightNormConv2d(_WeightNormBase):
-    """Weight-normalised 2-d convolution; v ~ N(0, weight_init_std^2) (0.05 as in the CIFAR code)."""
+class _WeightNormConv(_WeightNormBase):
+    """Shared by the weight-normalised 2-d convolutions: sizes, v ~ N(0, weight_init_std^2)
+    (0.05 as in the CIFAR code) of shape (out, in, k, k), or (in, out, k, k) for transposed
+    ones (``_transposed``; their norm is per output channel, v's dimension 1)."""
+
+    _transposed = False
 
     def __init__(
         self,
@@ -426,17 +431,15 @@ class WeightNormConv2d(_WeightNormBase):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
         k = self.kernel_size
+        channels = (self.out_channels, self.in_channels)
         self._setup(
-            (self.out_channels, self.in_channels, k, k),
-            0,
+            (*(channels[::-1] if self._transposed else channels), k, k),
+            int(self._transposed),
             init_scale,
             weight_init_std,
             train_scale,
             data_init,
         )
-
-    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
         return (
@@ -445,9 +448,18 @@ class WeightNormConv2d(_WeightNormBase):
         )
 
 
-class WeightNormConvTranspose2d(_WeightNormBase):
+class WeightNormConv2d(_WeightNormConv):
+    """Weight-normalised 2-d convolution; v ~ N(0, weight_init_std^2) (0.05 as in the CIFAR code)."""
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding)
+
+
+class WeightNormConvTranspose2d(_WeightNormConv):
     """Weight-normalised transposed convolution (v has shape (in, out, k, k); norm per output
     channel), as the last layer of the paper's CIFAR-10 generator."""
+
+    _transposed = True
 
     def __init__(
         self,
@@ -462,19 +474,18 @@ class WeightNormConvTranspose2d(_WeightNormBase):
         train_scale: bool = True,
         data_init: bool = True,
     ) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride = int(kernel_size), int(stride)
-        self.padding, self.output_padding = int(padding), int(output_padding)
-        k = self.kernel_size
-        self._setup(
-            (self.in_channels, self.out_channels, k, k),
-            1,
-            init_scale,
-            weight_init_std,
-            train_scale,
-            data_init,
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            init_scale=init_scale,
+            weight_init_std=weight_init_std,
+            train_scale=train_scale,
+            data_init=data_init,
         )
+        self.output_padding = int(output_padding)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv_transpose2d(
@@ -486,21 +497,12 @@ class WeightNormConvTranspose2d(_WeightNormBase):
             output_padding=self.output_padding,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, init_scale={self.init_scale}"
-        )
 
-
-_DataInitLayer = _WeightNormBase | MinibatchDiscrimination
-
-
-def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _DataInitLayer]]:
+def _weight_norm_layers(net: nn.Module) -> list[tuple[str, _DataInitModule]]:
     """(name, layer) for every layer of ``net`` with a data-dependent init: the weight-norm
     layers and minibatch discrimination (each has ``initialized``, ``data_init``,
     ``reset_initialization()`` and initialises on a training forward while uninitialised)."""
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, _DataInitLayer)]
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, _DataInitModule)]
 
 
 @contextmanager
@@ -573,8 +575,7 @@ def mark_initialized(net: nn.Module) -> None:
     """Mark every data-init layer of ``net`` (weight norm, minibatch discrimination)
     initialised, e.g. before loading weights or to skip the init (their initial values)."""
     for _, layer in _weight_norm_layers(net):
-        layer.initialized.fill_(True)
-        layer._init_seen = True
+        layer._mark_initialized()
 
 
 class VirtualBatchNorm(nn.Module):
