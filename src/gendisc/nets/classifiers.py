@@ -513,29 +513,19 @@ class SalimansConvDiscriminator(_Classifier):
         def act() -> nn.Module:
             return nn.LeakyReLU(0.2)
 
+        def downsampling(a: int, b: int) -> list[nn.Module]:
+            """3 x wn-conv3x3 a -> b (the last stride 2), each with its activation, dropout."""
+            layers: list[nn.Module] = []
+            for layer in (conv(a, b, 3), conv(b, b, 3), conv(b, b, 3, 2)):
+                layers += [layer, act()]
+            return [*layers, nn.Dropout(dropout)]
+
         h, w = _down(_down(h, 2), 2), _down(_down(w, 2), 2)
         pad = 0 if min(h, w) >= 3 else 1
         self.body = nn.ModuleList(
             [
-                nn.Sequential(
-                    nn.Dropout(input_dropout),
-                    conv(c_in, c0, 3),
-                    act(),
-                    conv(c0, c0, 3),
-                    act(),
-                    conv(c0, c0, 3, 2),
-                    act(),
-                    nn.Dropout(dropout),
-                ),
-                nn.Sequential(
-                    conv(c0, c1, 3),
-                    act(),
-                    conv(c1, c1, 3),
-                    act(),
-                    conv(c1, c1, 3, 2),
-                    act(),
-                    nn.Dropout(dropout),
-                ),
+                nn.Sequential(nn.Dropout(input_dropout), *downsampling(c_in, c0)),
+                nn.Sequential(*downsampling(c0, c1)),
                 nn.Sequential(
                     conv(c1, c1, 3, 1, pad),
                     act(),
