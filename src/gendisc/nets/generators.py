@@ -26,7 +26,7 @@ from gendisc.nets.layers import (
     as_shape,
 )
 
-__all__ = ["DCGANGenerator", "MLPGenerator", "SalimansMLPGenerator", "seed_size"]
+__all__ = ["DCGANGenerator", "LatentNet", "MLPGenerator", "SalimansMLPGenerator", "seed_size"]
 
 _LATENTS = ("normal", "uniform")
 
@@ -56,37 +56,19 @@ def _norm_layers(
     return [norm] if scale else [norm, _Shift(n)]
 
 
-class _Generator(nn.Module):
-    """Shared logic: conditioning, latent sampling, VBN reference batch."""
+class LatentNet(nn.Module):
+    """Shared by the generators and the VAE decoders: latent size, output shape (C, H, W),
+    conditioning on ``num_classes`` and latent sampling (``latent_distribution``)."""
 
-    def __init__(
-        self,
-        latent_dim: int,
-        out_shape: Sequence[int],
-        num_classes: int,
-        latent_distribution: str,
-        virtual_batch_norm: bool,
-        vbn_reference_size: int,
-    ) -> None:
-        super().__init__()
+    latent_distribution = "normal"
+
+    def _setup_latent(self, latent_dim: int, out_shape: Sequence[int], num_classes: int) -> None:
         self.latent_dim = int(latent_dim)
         self.out_shape = as_shape(out_shape)
         if len(self.out_shape) != 3:
             raise ConfigError(f"out_shape must be (C, H, W), got {self.out_shape}")
         self.num_classes = int(num_classes)
-        if latent_distribution not in _LATENTS:
-            raise ConfigError(
-                f"latent_distribution must be one of {_LATENTS}, got {latent_distribution!r}"
-            )
-        self.latent_distribution = latent_distribution
-        self.virtual_batch_norm = bool(virtual_batch_norm)
         self.input_dim = self.latent_dim + self.num_classes
-        if self.virtual_batch_norm:
-            if vbn_reference_size < 1:
-                raise ConfigError("vbn_reference_size must be >= 1")
-            self.register_buffer("vbn_z_ref", self.sample_latent(vbn_reference_size, device="cpu"))
-            y_ref = torch.arange(vbn_reference_size) % max(self.num_classes, 1)
-            self.register_buffer("vbn_y_ref", y_ref)
 
     @property
     def conditional(self) -> bool:
@@ -106,6 +88,34 @@ class _Generator(nn.Module):
         if self.latent_distribution == "uniform":
             return torch.rand(shape, device=device, generator=generator)
         return torch.randn(shape, device=device, generator=generator)
+
+
+class _Generator(LatentNet):
+    """Shared logic: conditioning, latent sampling, VBN reference batch."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_shape: Sequence[int],
+        num_classes: int,
+        latent_distribution: str,
+        virtual_batch_norm: bool,
+        vbn_reference_size: int,
+    ) -> None:
+        super().__init__()
+        self._setup_latent(latent_dim, out_shape, num_classes)
+        if latent_distribution not in _LATENTS:
+            raise ConfigError(
+                f"latent_distribution must be one of {_LATENTS}, got {latent_distribution!r}"
+            )
+        self.latent_distribution = latent_distribution
+        self.virtual_batch_norm = bool(virtual_batch_norm)
+        if self.virtual_batch_norm:
+            if vbn_reference_size < 1:
+                raise ConfigError("vbn_reference_size must be >= 1")
+            self.register_buffer("vbn_z_ref", self.sample_latent(vbn_reference_size, device="cpu"))
+            y_ref = torch.arange(vbn_reference_size) % max(self.num_classes, 1)
+            self.register_buffer("vbn_y_ref", y_ref)
 
     def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gendisc.errors import ConfigError
 from gendisc.nets.classifiers import ConvNet, MLPClassifier
-from gendisc.nets.generators import seed_size
+from gendisc.nets.generators import LatentNet, seed_size
 from gendisc.nets.layers import activation_layer, as_shape
 
 __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
@@ -122,31 +121,8 @@ class ConvEncoder(_Encoder):
         return h
 
 
-class _Decoder(nn.Module):
-    """Shared logic: latent sampling and the conditional input."""
-
-    def _setup(self, latent_dim: int, out_shape: Sequence[int], num_classes: int) -> None:
-        self.latent_dim = int(latent_dim)
-        self.out_shape = as_shape(out_shape)
-        if len(self.out_shape) != 3:
-            raise ConfigError(f"out_shape must be (C, H, W), got {self.out_shape}")
-        self.num_classes = int(num_classes)
-        self.input_dim = self.latent_dim + self.num_classes
-
-    @property
-    def conditional(self) -> bool:
-        return self.num_classes > 0
-
-    def sample_latent(
-        self,
-        n: int,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """n latents from the prior N(0, I)."""
-        if device is None:
-            device = next(self.parameters()).device
-        return torch.randn((n, self.latent_dim), device=device, generator=generator)
+class _Decoder(LatentNet):
+    """Shared logic: the conditional input (latents from the prior N(0, I))."""
 
     def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
@@ -167,7 +143,7 @@ class MLPDecoder(_Decoder):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self._setup(latent_dim, out_shape, num_classes)
+        self._setup_latent(latent_dim, out_shape, num_classes)
         layers: list[nn.Module] = []
         width = self.input_dim
         for h in as_shape(hidden):
@@ -197,7 +173,7 @@ class ConvDecoder(_Decoder):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self._setup(latent_dim, out_shape, num_classes)
+        self._setup_latent(latent_dim, out_shape, num_classes)
         c_out, h, w = self.out_shape
         k, h0, w0 = seed_size(h, w, max_upsamples)
         c = base_channels * 2**k
