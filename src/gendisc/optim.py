@@ -105,13 +105,8 @@ class AdamEpsInsideSqrt(Optimizer):
         """:meth:`_update` through ``torch.compile``, the step-dependent scalars as 0-d tensors."""
         if self._compiled is None:
             self._compiled = torch.compile(_moments_and_step, fullgraph=True, dynamic=False)
-        beta1, beta2 = group["betas"]
-        correction1 = 1.0 - beta1**step
-        correction2 = 1.0 - beta2**step
-        scalars = torch.tensor(
-            [group["eps"] * correction2, -group["lr"] * math.sqrt(correction2) / correction1],
-            dtype=torch.float64,
-        )
+        beta1, beta2, eps_term, step_size = _step_scalars(group, step)
+        scalars = torch.tensor([eps_term, -step_size], dtype=torch.float64)
         self._compiled(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, scalars[0], scalars[1])
 
     @staticmethod
@@ -129,16 +124,27 @@ class AdamEpsInsideSqrt(Optimizer):
         ``p -= (lr * sqrt(c2) / c1) * m / sqrt(v + eps * c2)``, the same quantity with one
         scalar factor instead of a division of every element by c2.
         """
-        beta1, beta2 = group["betas"]
-        correction1 = 1.0 - beta1**step
-        correction2 = 1.0 - beta2**step
+        beta1, beta2, eps_term, step_size = _step_scalars(group, step)
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denominators = torch._foreach_add(exp_avg_sqs, group["eps"] * correction2)
+        denominators = torch._foreach_add(exp_avg_sqs, eps_term)
         torch._foreach_sqrt_(denominators)
-        step_size = group["lr"] * math.sqrt(correction2) / correction1
         torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-step_size)
+
+
+def _step_scalars(group: dict[str, Any], step: int) -> tuple[float, float, float, float]:
+    """``(beta1, beta2, eps * c2, lr * sqrt(c2) / c1)`` for a group's parameters at ``step``,
+    with the bias corrections c1 = 1 - beta1^step and c2 = 1 - beta2^step."""
+    beta1, beta2 = group["betas"]
+    correction1 = 1.0 - beta1**step
+    correction2 = 1.0 - beta2**step
+    return (
+        beta1,
+        beta2,
+        group["eps"] * correction2,
+        group["lr"] * math.sqrt(correction2) / correction1,
+    )
 
 
 def _moments_and_step(
