@@ -13,7 +13,7 @@ from torch import Tensor
 from gendisc.data.augment import Augment
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
 from gendisc.data.protocol import LabelSplit, check_validation_settings, split_labels
-from gendisc.data.readers import ImageSplits, read_dataset
+from gendisc.data.readers import SPLIT_ARRAYS, ImageSplits, read_dataset
 from gendisc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,7 @@ class FewLabelDataModule(LightningDataModule):
             self._move(device)
 
     def _tensors(self) -> list[str]:
-        return [
-            "train_images",
-            "train_labels",
-            "val_images",
-            "val_labels",
-            "test_images",
-            "test_labels",
-        ]
+        return list(SPLIT_ARRAYS)
 
     def _nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in self._tensors())

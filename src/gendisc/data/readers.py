@@ -30,6 +30,7 @@ from gendisc.errors import ConfigError, DataError
 
 __all__ = [
     "DATASET_NAMES",
+    "SPLIT_ARRAYS",
     "ImageSplits",
     "read_cifar10",
     "read_dataset",
@@ -131,7 +132,8 @@ _IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_MEDMNIST_KEYS = (
+# the arrays of a dataset's splits: ImageSplits' fields, the keys of a MedMNIST .npz
+SPLIT_ARRAYS = (
     "train_images",
     "train_labels",
     "val_images",
@@ -462,7 +464,7 @@ def read_svhn(root: str | Path, download: bool = False) -> ImageSplits:
 def read_medmnist(path: str | Path) -> ImageSplits:
     """A single-label 2D MedMNIST ``.npz`` (e.g. pathmnist.npz) with its official val split."""
     path = Path(path).expanduser()
-    expected = ", ".join(_MEDMNIST_KEYS)
+    expected = ", ".join(SPLIT_ARRAYS)
     if not path.is_file():
         raise DataError(
             f"MedMNIST file {path} not found. Download a 2D MedMNIST .npz (e.g. "
@@ -471,13 +473,13 @@ def read_medmnist(path: str | Path) -> ImageSplits:
         )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: np.asarray(npz[k]) for k in _MEDMNIST_KEYS if k in npz.files}
+            arrays = {k: np.asarray(npz[k]) for k in SPLIT_ARRAYS if k in npz.files}
     except Exception as exc:
         raise DataError(
             f"{path} is not a valid .npz file ({exc!r}). Expected a MedMNIST .npz with the "
             f"arrays {expected}; delete it and download it again."
         ) from exc
-    missing = [k for k in _MEDMNIST_KEYS if k not in arrays]
+    missing = [k for k in SPLIT_ARRAYS if k not in arrays]
     if missing:
         raise DataError(f"{path} lacks the arrays {missing}; a MedMNIST .npz has {expected}.")
 
