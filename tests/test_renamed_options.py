@@ -1,6 +1,7 @@
 """One option name per idea across the adversarial modules; the old names are refused with the
-name to use, wherever they come from (command line, a composed config, a stored run config, a
-checkpoint to resume)."""
+name to use where a user writes them (command line, a composed config), and read under their new
+names where a checkpoint written before the rename stores them (run config, saved options,
+weights)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import sys
 
 import pytest
 import torch
+from lightning import Trainer
+from omegaconf import OmegaConf
 
 from gendisc.checkpoints import CONFIG_KEY, load_module
 from gendisc.errors import ConfigError, gendisc_cause
 from gendisc.train import train
 from gendisc.utils.build import build
-from gendisc.utils.config import RENAMED_MODEL_KEYS
+from gendisc.utils.config import RENAMED_MODEL_KEYS, migrate_renamed_keys
 from tests.conftest import single_thread_env
 
 # old name -> a new name its error must mention
@@ -60,21 +63,71 @@ def test_composed_config_with_an_old_name_is_refused(make_cfg, model, old):
         train(cfg)
 
 
-def test_stored_run_config_and_saved_options_with_an_old_name_are_refused(tmp_path):
-    """A checkpoint written before the rename: loading it (gendisc-eval, gendisc-sample, a
-    generator checkpoint) or resuming from it names the file and the new option."""
+def old_checkpoint(model, path, rename: dict[str, str], state_prefix: tuple[str, str] | None):
+    """A checkpoint of ``model`` as the code before the rename wrote it: its run config and
+    saved options under the old names, its weights under the old prefix."""
+    trainer = Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+    config = OmegaConf.to_container(model.run_cfg, resolve=True)
+    for new, old in rename.items():
+        config["model"][old] = config["model"].pop(new)
+        checkpoint["hyper_parameters"][old] = checkpoint["hyper_parameters"].pop(new)
+    checkpoint[CONFIG_KEY] = config
+    if state_prefix:
+        new, old = state_prefix
+        checkpoint["state_dict"] = {
+            (old + k[len(new) :] if k.startswith(new) else k): v
+            for k, v in checkpoint["state_dict"].items()
+        }
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize(
+    "model, rename, prefix",
+    [
+        ("gan", {"g_ema_decay": "ema_decay"}, None),
+        (
+            "ssl_gan",
+            {"d_ema_decay": "ema_decay", "g_steps_per_d_step": "generator_steps"},
+            ("d_ema.", "ema."),
+        ),
+    ],
+)
+def test_a_checkpoint_written_before_the_rename_still_loads(
+    make_cfg, tmp_path, model, rename, prefix
+):
+    """gendisc-eval, gendisc-sample and a study's generator_ckpt read a checkpoint of the old
+    names: options and weights renamed on reading, the same weights loaded."""
+    cfg = make_cfg([f"model={model}"])
+    _, module = build(cfg)
+    module.run_cfg = cfg
     path = tmp_path / "old.ckpt"
-    old_config = {"model": {"_target_": "gendisc.models.gan.GANModule", "ema_decay": 0.99}}
-    torch.save({CONFIG_KEY: old_config, "state_dict": {}, "hyper_parameters": {}}, path)
-    with pytest.raises(ConfigError, match=rf"ckpt_path={path} .*model.ema_decay was renamed"):
-        load_module(path)
+    old_checkpoint(module, path, rename, prefix)
+    stored = torch.load(path, weights_only=True)
+    assert all(old in stored[CONFIG_KEY]["model"] for old in rename.values())
+    loaded = load_module(path)
+    for new in rename:
+        assert getattr(loaded.hparams, new) == getattr(module.hparams, new)
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert (loaded.d_ema is not None) == (module.d_ema is not None)
 
 
-def test_resuming_from_saved_options_with_an_old_name_is_refused(make_cfg):
-    _, model = build(make_cfg(["model=ssl_gan"]))
-    old = {"hyper_parameters": {"generator_steps": 1, "ema_decay": 0.9999}, "state_dict": {}}
-    with pytest.raises(ConfigError, match=r"ckpt_path .*model.ema_decay was renamed"):
-        model.on_load_checkpoint(old)
+def test_migration_reads_feature_matching_as_the_generator_objective():
+    config = {"_target_": "gendisc.models.gan.GANModule", "feature_matching": True, "loss": "hinge"}
+    assert migrate_renamed_keys(config) == ["feature_matching -> generator_objective"]
+    assert config == {
+        "_target_": "gendisc.models.gan.GANModule",
+        "generator_objective": "feature_matching",
+        "loss": "hinge",
+    }
+    off = {"feature_matching": False, "ema_decay": 0.99}
+    assert migrate_renamed_keys(off, "GANModule") == [
+        "ema_decay -> g_ema_decay",
+        "feature_matching -> generator_objective",
+    ]
+    assert off == {"g_ema_decay": 0.99}  # the adversarial loss: the default
 
 
 def test_one_name_per_idea_in_gan_and_ssl_gan(make_cfg):

@@ -8,6 +8,7 @@ plain Python values, so reading one never runs code from the file. Every failure
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.errors import ConfigError
-from gendisc.utils.config import check_renamed_keys
+from gendisc.utils.config import migrate_renamed_keys
 
 __all__ = [
     "CONFIG_KEY",
@@ -31,6 +32,8 @@ __all__ = [
     "restore_weights",
     "run_config",
 ]
+
+log = logging.getLogger(__name__)
 
 # the key under which every gendisc checkpoint stores its resolved run config
 CONFIG_KEY = "gendisc_config"
@@ -89,11 +92,12 @@ def run_config(checkpoint: dict[str, Any], path: str | Path, setting: str) -> Di
         raise ConfigError(
             f"{setting}={path} holds no gendisc config: was it written by gendisc-train?"
         )
-    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
-    check_renamed_keys(
-        cfg.get("model"), f"{setting}={path} (its run config predates a rename; train again): "
-    )
-    return cfg
+    stored = checkpoint[CONFIG_KEY]
+    if isinstance(stored, dict) and isinstance(stored.get("model"), dict):
+        renamed = migrate_renamed_keys(stored["model"])  # written before an option's rename
+        if renamed:
+            log.info("%s=%s: stored options renamed: %s", setting, path, ", ".join(renamed))
+    return OmegaConf.create(stored)
 
 
 def load_run_config(path: str | Path, setting: str = "ckpt_path") -> DictConfig:

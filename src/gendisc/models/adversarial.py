@@ -43,7 +43,7 @@ from gendisc.nets.layers import (
     needs_data_init,
     weight_norm_once,
 )
-from gendisc.utils.config import check_renamed_keys
+from gendisc.utils.config import migrate_renamed_keys, migrate_state_dict
 
 __all__ = ["AdversarialModule", "concat_passes"]
 
@@ -170,12 +170,12 @@ class AdversarialModule(ClassifierEvaluation):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose saved options hold a renamed one (its weights' names may
-        differ too) with the option to use, before Lightning compares the weights."""
-        check_renamed_keys(
-            checkpoint.get("hyper_parameters"),
-            "ckpt_path (its saved options predate a rename; train the run again): ",
-        )
+        """Read a checkpoint written before an option's rename: its saved options and weight
+        names (ssl_gan's ``ema.*`` -> ``d_ema.*``) renamed, before Lightning loads the weights."""
+        if isinstance(checkpoint.get("hyper_parameters"), dict):
+            migrate_renamed_keys(checkpoint["hyper_parameters"], type(self).__name__)
+        if isinstance(checkpoint.get("state_dict"), dict):
+            migrate_state_dict(checkpoint["state_dict"])
         super().on_load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------------------ helpers

@@ -86,8 +86,8 @@ def sweep_direction(metric: str | None, mode: str | None = None) -> str:
 
 
 # model options renamed so that one idea has one name in every module: old name -> what to use.
-# An old name is refused (never read as its successor), in a composed config, on the command line
-# and in a stored run config (a checkpoint written before the rename).
+# An old name a user writes (command line, composed config) is refused with its successor; a
+# checkpoint written before the rename is read with its options and weights renamed.
 RENAMED_MODEL_KEYS = {
     "ema_decay": (
         "model.g_ema_decay (moving average of G's weights, for samples: model=gan's ema_decay) "
@@ -106,11 +106,47 @@ def _renamed_message(old: str, where: str) -> str:
 
 
 def check_renamed_keys(model: Mapping[str, Any] | None, where: str = "") -> None:
-    """Refuse a model config (or saved hyper-parameters) holding a renamed option: one
-    ConfigError naming the option to use instead. ``where`` prefixes the message (the file)."""
+    """Refuse a model config holding a renamed option (what a user wrote: an override or an
+    experiment file): one ConfigError naming the option to use. ``where`` prefixes the message."""
     for old in RENAMED_MODEL_KEYS:
         if model is not None and old in model:
             raise ConfigError(_renamed_message(old, where))
+
+
+def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> list[str]:
+    """Rewrite, in place, the renamed options of a model config stored before the rename (a
+    checkpoint's run config or saved hyper-parameters) to their new names, which the module
+    class decides (``module``, else the config's ``_target_``); returns what was rewritten
+    (``old -> new``). Stored runs stay readable; what users write is refused instead."""
+    module = str(module or model.get("_target_") or "")
+    ema = "d_ema_decay" if module.endswith("SSLGANModule") else "g_ema_decay"
+    done = []
+    if "ema_decay" in model:
+        model[ema] = model.pop("ema_decay")
+        done.append(f"ema_decay -> {ema}")
+    if "generator_steps" in model:
+        model["g_steps_per_d_step"] = model.pop("generator_steps")
+        done.append("generator_steps -> g_steps_per_d_step")
+    if "feature_matching" in model:
+        if model.pop("feature_matching"):
+            model["generator_objective"] = "feature_matching"
+        done.append("feature_matching -> generator_objective")
+    return done
+
+
+# state_dict prefixes renamed with the options (ssl_gan's D average was ``ema``)
+RENAMED_STATE_PREFIXES = {"ema.": "d_ema."}
+
+
+def migrate_state_dict(state: dict[str, Any]) -> bool:
+    """Rename, in place, the state_dict keys of a checkpoint written before the rename."""
+    renamed = False
+    for key in list(state):
+        for old, new in RENAMED_STATE_PREFIXES.items():
+            if key.startswith(old):
+                state[new + key[len(old) :]] = state.pop(key)
+                renamed = True
+    return renamed
 
 
 def renamed_override(args: Sequence[str]) -> str | None:
