@@ -33,6 +33,7 @@ def test_the_table_is_what_the_tests_check():
     assert "model.d_ema_decay" in RENAMED_MODEL_KEYS["ema_decay"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old", sorted(NEW_NAME))
 def test_command_line_old_name_is_refused_naming_the_new_one(tmp_path, old):
     """`gendisc-train model=gan model.<old>=...` stops before Hydra composes (whose own error
