@@ -43,7 +43,7 @@ from gendisc.nets.layers import (
     needs_data_init,
     weight_norm_once,
 )
-from gendisc.utils.config import migrate_renamed_keys, migrate_state_dict
+from gendisc.utils.config import migrate_state_dict
 
 __all__ = ["AdversarialModule", "concat_passes"]
 
@@ -170,10 +170,9 @@ class AdversarialModule(ClassifierEvaluation):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Read a checkpoint written before an option's rename: its saved options and weight
-        names (ssl_gan's ``ema.*`` -> ``d_ema.*``) renamed, before Lightning loads the weights."""
-        if isinstance(checkpoint.get("hyper_parameters"), dict):
-            migrate_renamed_keys(checkpoint["hyper_parameters"], type(self).__name__)
+        """Read a checkpoint written before an option's rename: its weight names (ssl_gan's
+        ``ema.*`` -> ``d_ema.*``) renamed before Lightning loads the weights (the module itself
+        is already built, from the run config that ``checkpoints.run_config`` migrates)."""
         if isinstance(checkpoint.get("state_dict"), dict):
             migrate_state_dict(checkpoint["state_dict"])
         super().on_load_checkpoint(checkpoint)

@@ -138,15 +138,12 @@ def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> li
 RENAMED_STATE_PREFIXES = {"ema.": "d_ema."}
 
 
-def migrate_state_dict(state: dict[str, Any]) -> bool:
+def migrate_state_dict(state: dict[str, Any]) -> None:
     """Rename, in place, the state_dict keys of a checkpoint written before the rename."""
-    renamed = False
     for key in list(state):
         for old, new in RENAMED_STATE_PREFIXES.items():
             if key.startswith(old):
                 state[new + key[len(old) :]] = state.pop(key)
-                renamed = True
-    return renamed
 
 
 def renamed_override(args: Sequence[str]) -> str | None:
