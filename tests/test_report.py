@@ -428,8 +428,10 @@ def test_paper_table_means_stds_and_counts_of_finished_runs(table_runs, tmp_path
     assert table.loc[100, "no_unlabeled n"] == 3 and table.loc[20, "no_unlabeled n"] == 0
     assert table.loc[100, "no_unlabeled test/errors mean"] == pytest.approx(baseline.mean())
     # the published figures are the spec's
-    assert (table.loc[100, "published mean"], table.loc[100, "published std"]) == (0.61, 0.033)
-    assert (table.loc[20, "published mean"], table.loc[20, "published std"]) == (7.5, 2.25)
+    published = ["full published mean", "full published std"]
+    assert tuple(table.loc[100, published]) == (0.61, 0.033)
+    assert tuple(table.loc[20, published]) == (7.5, 2.25)
+    assert np.isnan(table.loc[100, "no_unlabeled published mean"])  # none given for it
 
 
 def test_paper_table_report_layout(table_runs, tmp_path):
@@ -512,8 +514,86 @@ def test_cli_table_and_a_bad_spec(table_runs, tmp_path, capsys):
     assert "column_group" in capsys.readouterr().err
 
 
+def test_paper_table_columns_of_several_experiments_each_beside_its_published_figure(tmp_path):
+    """A table of several models (column_group: experiment), each column with its own paper's
+    figures; a run that tested both checkpoints enters with its last one (test_last/acc)."""
+    root = tmp_path / "runs"
+    errors = {("m2", 0): 900, ("m2", 1): 1100, ("adgm", 0): 300, ("adgm", 1): 500}
+    for (experiment, seed), count in errors.items():
+        run = make_table_run(root, 10, None, seed, count, epochs=10, max_epochs=10)
+        name = f"{experiment}_seed{seed}"
+        run = run.rename(run.with_name(name))
+        choices = {"hydra": {"runtime": {"choices": {"experiment": experiment}}}}
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["test_last/acc"] = metrics["test/acc"]
+        metrics["test/acc"] = 0.5  # the checkpoint selected on validation: not the table's
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    spec = {
+        "title": "Two models",
+        "column_group": "experiment",
+        "columns": [
+            {
+                "experiment": "m2",
+                "name": "M2",
+                "published_name": "Kingma",
+                "error_percent": {100: [11.97, 1.71]},
+            },
+            {
+                "experiment": "adgm",
+                "name": "ADGM",
+                "published_name": "Maaloe",
+                "error_percent": {100: [0.96, 0.02]},
+            },
+        ],
+        "published": {"name": "papers", "source": "REFERENCE.md", "test_images": 10000},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    written, _ = write_paper_table([root], path, out=tmp_path / "out")
+    lines = written["report.md"].read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| labels"))
+    assert header == (
+        "| labels | epochs | precision | M2: test error % (n) | M2: errors | Kingma: test error % "
+        "| Kingma: errors of 10,000 | ADGM: test error % (n) | ADGM: errors | Maaloe: test error "
+        "% | Maaloe: errors of 10,000 |"
+    )
+    row = next(line for line in lines if line.startswith("| 100 |"))
+    m2, adgm = np.array([900.0, 1100.0]), np.array([300.0, 500.0])
+    assert row == (
+        f"| 100 | 10 | 32-true | 10.00 ± {m2.std(ddof=1) / 100:.2f} (2) | "
+        f"1000.0 ± {m2.std(ddof=1):.1f} of 10,000 | 11.97 ± 1.71 | 1197 ± 171 | "
+        f"4.00 ± {adgm.std(ddof=1) / 100:.2f} (2) | 400.0 ± {adgm.std(ddof=1):.1f} of 10,000 | "
+        "0.96 ± 0.02 | 96 ± 2 |"
+    )
+    assert set(pd.read_csv(written["runs.csv"])["tested"]) == {"last"}
+
+
+def test_paper_table_warns_about_runs_tested_on_the_selected_checkpoint(tmp_path):
+    root = tmp_path / "runs"
+    run = make_table_run(root, 10, None, 0, 90)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "test_ckpt": "best"}))
+    written, _ = write_paper_table([root], table_spec(tmp_path), out=tmp_path / "out")
+    assert "tested only the checkpoint selected on validation" in written["report.md"].read_text()
+
+
 def test_the_salimans_spec_holds_the_papers_mnist_figures():
     spec = load_spec(Path(__file__).resolve().parents[1] / "experiments/salimans_2016/table.yaml")
     assert set(spec.published) == {20, 50, 100, 200}
     assert spec.task_name == "salimans_mnist_table" and spec.columns[0][0] is None
     assert "REFERENCE.md section 3" in spec.published_source
+
+
+def test_the_ssl_vae_mnist_spec_holds_the_papers_figures():
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "experiments/ssl_vae/mnist/table.yaml")
+    assert spec.column_group == "experiment" and spec.task_name is None
+    figures = {variant: pair[1][100] for variant, pair in spec.column_published.items()}
+    assert figures == {
+        "m2_mnist": (11.97, 1.71),
+        "m1m2_mnist": (3.33, 0.14),
+        "adgm_mnist": (0.96, 0.02),
+    }
+    for variant in figures:  # every column is an experiment config
+        assert (root / "conf/experiment" / f"{variant}.yaml").is_file()

@@ -15,7 +15,7 @@ A run enters the table only when it is *finished*: its metrics.json was written 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ RUN_COLUMNS = [
     "test/acc",
     "test/errors",
     "test/error_pct",
+    "tested",
     "data/test",
     "run/precision",
     "run/git_sha",
@@ -70,12 +71,20 @@ class TableSpec:
     published_name: str
     published_source: str
     published_test_images: int
-    # total labels -> (mean, std) test error in percent
+    # total labels -> (mean, std) test error in percent, of the first column's model
     published: dict[int, tuple[float, float | None]]
+    # variant -> (published name, figures) of each column that has published figures
+    column_published: dict[str, tuple[str, dict[int, tuple[float, float | None]]]] = field(
+        default_factory=dict
+    )
 
     def variant(self, choice: str | None) -> str:
         """The variant's short name in runs.csv: the choice, or 'full' for none."""
         return "full" if choice is None else str(choice)
+
+    def published_of(self, variant: str) -> tuple[str, dict[int, tuple[float, float | None]]]:
+        """(name, figures) published for a column's model; figures empty when none."""
+        return self.column_published.get(variant, (self.published_name, {}))
 
 
 def load_spec(path: str | Path) -> TableSpec:
@@ -90,30 +99,44 @@ def load_spec(path: str | Path) -> TableSpec:
         group = str(raw["column_group"])
         columns = [(entry[group], str(entry["name"])) for entry in raw["columns"]]
         published = raw.get("published") or {}
-        values = {
-            int(labels): (float(pair[0]), None if pair[1] is None else float(pair[1]))
-            for labels, pair in (published.get("error_percent") or {}).items()
-        }
+        values = _figures(published.get("error_percent"))
+        name = str(published.get("name", "published"))
+        column_published = {}
+        for index, entry in enumerate(raw["columns"]):
+            variant = "full" if entry[group] is None else str(entry[group])
+            figures = _figures(entry.get("error_percent")) or (values if index == 0 else {})
+            if figures:
+                column_published[variant] = (str(entry.get("published_name", name)), figures)
         spec = TableSpec(
             path=path,
             title=str(raw.get("title") or "Results"),
             task_name=raw.get("task_name"),
             column_group=group,
             columns=columns,
-            published_name=str(published.get("name", "published")),
+            published_name=name,
             published_source=str(published.get("source", "")),
             published_test_images=int(published.get("test_images", 0) or 0),
             published=values,
+            column_published=column_published,
         )
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise ConfigError(
             f"{path}: not a table spec ({type(error).__name__}: {error}). It needs column_group, "
-            "columns (a list of {<column_group>: <choice or null>, name: ...}) and published "
-            "(name, source, test_images, error_percent: {<labels>: [mean, std]})."
+            "columns (a list of {<column_group>: <choice or null>, name: ...}, each optionally "
+            "with its own published_name and error_percent) and published (name, source, "
+            "test_images, error_percent: {<labels>: [mean, std]} of the first column)."
         ) from error
     if not columns:
         raise ConfigError(f"{path}: columns is empty; list at least the full model's column.")
     return spec
+
+
+def _figures(raw: Any) -> dict[int, tuple[float, float | None]]:
+    """{labels: (mean, std)} from a spec's ``error_percent: {<labels>: [mean, std]}``."""
+    return {
+        int(labels): (float(pair[0]), None if pair[1] is None else float(pair[1]))
+        for labels, pair in (raw or {}).items()
+    }
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -192,10 +215,13 @@ def read_table_run(run_dir: Path, spec: TableSpec) -> tuple[dict[str, Any], pd.D
         out["status"] = "earlier budget"
     else:
         out["status"] = FINISHED
-    if "test/acc" in row and row.get("data/test"):
+    # the model after the last epoch: test_last/* when the run tested both checkpoints
+    tested_acc = row.get("test_last/acc", row.get("test/acc"))
+    if tested_acc is not None and row.get("data/test"):
         tested = int(row["data/test"])
-        errors = round((1.0 - float(row["test/acc"])) * tested)
+        errors = round((1.0 - float(tested_acc)) * tested)
         out.update({"test/errors": errors, "test/error_pct": 100.0 * errors / tested})
+    out["tested"] = "last" if "test_last/acc" in row else _plain(config.get("test_ckpt"))
     for key, value in row.items():
         if key not in out and key not in ("error_type",):
             out[key] = value
@@ -306,8 +332,8 @@ ROW_KEYS = ["labels", "max_epochs", "precision"]
 
 def aggregate_table(runs: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """One row per (labels, epochs, precision) of finished runs; per column (variant) of the
-    spec: n and mean / sample std (ddof=1) of the test error in percent and in errors; then the
-    published mean / std for that label count (NaN when the paper has none)."""
+    spec: n and mean / sample std (ddof=1) of the test error in percent and in errors, and the
+    published mean / std of that column's model for that label count (NaN when none)."""
     finished = runs[runs["status"] == FINISHED]
     variants = [spec.variant(choice) for choice, _ in spec.columns]
     finished = finished[finished["variant"].isin(variants)]
@@ -326,9 +352,9 @@ def aggregate_table(runs: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
                     numbers.std(ddof=1) if len(numbers) > 1 else math.nan
                 )
             row[f"{variant} n"] = len(sample)
-        mean, std = spec.published.get(int(row["labels"]), (math.nan, math.nan))
-        row["published mean"] = mean
-        row["published std"] = math.nan if std is None else std
+            mean, std = spec.published_of(variant)[1].get(int(row["labels"]), (math.nan, None))
+            row[f"{variant} published mean"] = mean
+            row[f"{variant} published std"] = math.nan if std is None else std
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -349,19 +375,19 @@ def _published_pm(mean: float, std: float, scale: float = 1.0) -> str:
 
 def table_markdown(table: pd.DataFrame, spec: TableSpec) -> str:
     """The paper's layout: a row per label count; for each column of the spec its test error
-    in percent (mean ± std, n runs) and in errors on the test set; the published figure beside
-    the first column."""
-    main = spec.variant(spec.columns[0][0])
+    in percent (mean ± std, n runs) and in errors on the test set; the published figures
+    beside each column that has them."""
     header = ["labels", "epochs", "precision"]
     cells_of = []
-    for index, (choice, name) in enumerate(spec.columns):
+    for choice, name in spec.columns:
         variant = spec.variant(choice)
         header += [f"{name}: test error % (n)", f"{name}: errors"]
         cells_of.append(variant)
-        if index == 0:
+        published_name, figures = spec.published_of(variant)
+        if figures:
             header += [
-                f"{spec.published_name}: test error %",
-                f"{spec.published_name}: errors of {spec.published_test_images:,}",
+                f"{published_name}: test error %",
+                f"{published_name}: errors of {spec.published_test_images:,}",
             ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for _, row in table.iterrows():
@@ -374,14 +400,11 @@ def table_markdown(table: pd.DataFrame, spec: TableSpec) -> str:
             )
             errors = _pm(row[f"{variant} test/errors mean"], row[f"{variant} test/errors std"], 1)
             cells += [f"{percent} ({n})" if n else "-", f"{errors} of {tested:,}" if n else "-"]
-            if variant == main:
+            if spec.published_of(variant)[1]:
+                mean, std = row[f"{variant} published mean"], row[f"{variant} published std"]
                 cells += [
-                    _published_pm(row["published mean"], row["published std"]),
-                    _published_pm(
-                        row["published mean"],
-                        row["published std"],
-                        spec.published_test_images / 100.0,
-                    ),
+                    _published_pm(mean, std),
+                    _published_pm(mean, std, spec.published_test_images / 100.0),
                 ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -407,11 +430,19 @@ def write_paper_table(
     table = aggregate_table(runs, spec)
     finished = runs[runs["status"] == FINISHED]
     mixed = code_version_warnings(finished, ["labels", "max_epochs", "precision", "variant"])
+    selected = finished[finished["tested"] == "best"]
+    if len(selected):
+        notes.append(
+            f"{len(selected)} finished run(s) tested only the checkpoint selected on validation "
+            f"(test_ckpt=best), not the last (e.g. {selected['run'].iloc[0]}): run with "
+            "test_ckpt=last or both."
+        )
     lines = [
         f"# {spec.title}",
         "",
         "Generated by `gendisc-report --table` from `runs.csv` (one row per run); do not edit. "
-        "Test error on all test images of the model tested after the last epoch; mean ± sample "
+        "Test error on all test images of the model after the last epoch (`test_last/acc` "
+        "when a run tested both checkpoints, else `test/acc`); mean ± sample "
         "std (ddof=1) over finished runs (data seeds), n in brackets; errors = misclassified "
         "test images.",
         f"Published: {spec.published_name}, {spec.published_source}.",

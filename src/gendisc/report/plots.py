@@ -147,9 +147,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
-    """Validation error (%) against epoch, one line per (labels per class, variant, precision):
-    the mean over its runs, a band of ± one std, log scale; variant ``main`` (the full model)
-    solid, the others dashed.
+    """Validation error (%) against epoch, one line (and colour) per (labels per class, variant,
+    precision): the mean over its runs, a band of ± one std, log scale; variant ``main`` (the
+    full model) solid, the others dashed.
 
     ``summary``: columns labels_per_class, variant, precision, epoch (from 0), mean, std, count
     (``paper_table.summarise_curves``).
@@ -160,7 +160,7 @@ def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
     for (per_class, variant, precision), line in summary.groupby(
         ["labels_per_class", "variant", "precision"], sort=True
     ):
-        colour = colours.setdefault(per_class, f"C{len(colours) % 10}")
+        colour = colours.setdefault((per_class, variant), f"C{len(colours) % 10}")
         line = line.sort_values("epoch")
         epochs = line["epoch"].to_numpy(dtype=float) + 1  # epoch 1 = after one pass
         mean = line["mean"].to_numpy(dtype=float)
