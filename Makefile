@@ -34,9 +34,10 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# in-process tests only: no subprocess sweeps, DDP, kill-and-resume or non-digits experiments
+# in-process tests only (no subprocess sweeps, DDP, kill-and-resume, non-digits experiments or
+# trainings of over ~10 s), on 2 workers (pytest-xdist) of one torch thread each
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 # ssl_gan under Lightning vs a plain PyTorch loop of the same work: prints "ratio: X"
 bench: setup

@@ -180,6 +180,7 @@ def test_missing_or_wrong_m1_checkpoint_is_one_clear_error(make_cfg, tmp_path, t
     assert "model.likelihood=gaussian" in m1_error("x", "d", "model.likelihood=bernoulli")
 
 
+@pytest.mark.slow
 def test_m1m2_on_digits_learns_on_frozen_m1_features(make_cfg, tmp_path):
     """M1 (30 epochs: fewer leave its code collapsed), then M1+M2 on its features for 5 epochs: above chance, M1's weights in the
     M1+M2 checkpoint unchanged, samples and reconstructions decoded to 8x8 images by M1."""
@@ -200,7 +201,8 @@ def test_m1m2_on_digits_learns_on_frozen_m1_features(make_cfg, tmp_path):
     assert (tmp_path / "m1m2" / "samples.png").is_file()
 
 
-@pytest.mark.parametrize("name", ["adgm", "sdgm"])
+# SDGM's end-to-end run is slow-tier: its bound is checked against the formula in the fast tier
+@pytest.mark.parametrize("name", ["adgm", pytest.param("sdgm", marks=pytest.mark.slow)])
 def test_auxiliary_model_on_digits_learns(make_cfg, tmp_path, name):
     overrides = [f"experiment=ssl_vae_{name}_digits", "trainer.max_epochs=3", *QUIET]
     metrics = train(make_cfg(overrides))
@@ -211,6 +213,7 @@ def test_auxiliary_model_on_digits_learns(make_cfg, tmp_path, name):
     assert (tmp_path / "run" / "reconstructions.png").is_file()
 
 
+@pytest.mark.slow
 def test_ssl_vae_checkpoint_is_an_augmented_classifier_generator(make_cfg, tmp_path):
     train(make_cfg(["experiment=ssl_vae_digits", "trainer.max_epochs=2", *QUIET], name="gen"))
     generator = tmp_path / "gen" / "checkpoints" / "last.ckpt"
@@ -221,9 +224,12 @@ def test_ssl_vae_checkpoint_is_an_augmented_classifier_generator(make_cfg, tmp_p
         *PLAIN,
     ]
     metrics = train(make_cfg(overrides, name="aug"))
-    assert 0.0 <= metrics["train/acc_synthetic"] <= 1.0 and math.isfinite(metrics["test/acc"])
+    # it learns (0.84 measured), and it trained on the generator's labeled samples
+    assert metrics["test/acc"] > 0.5
+    assert 0.0 <= metrics["train/acc_synthetic"] <= 1.0
 
 
+@pytest.mark.slow
 def test_twostage_with_an_ssl_vae_generator(make_cfg, tmp_path):
     overrides = ["experiment=ssl_vae_augment_digits", "trainer.max_epochs=2", *PLAIN]
     cfg = make_cfg(overrides)

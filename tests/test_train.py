@@ -33,10 +33,16 @@ EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob
 
 
 def _experiment_dataset(name: str) -> str:
-    """The data config an experiment selects (``override /data: X``), else the default."""
+    """The data config an experiment selects (``override /data: X``), else that of the
+    experiment it extends (``- <experiment>`` in its defaults), else the default."""
     text = (PROJECT_ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
     found = re.search(r"override /data:\s*(\w+)", text)
-    return found.group(1) if found else "digits"
+    if found:
+        return found.group(1)
+    for parent in re.findall(r"^\s*-\s*(\w+)\s*$", text, flags=re.MULTILINE):
+        if (PROJECT_ROOT / "conf" / "experiment" / f"{parent}.yaml").is_file():
+            return _experiment_dataset(parent)
+    return "digits"
 
 
 # experiments on digits run in the fast tier; the others read (or fake) larger datasets
@@ -310,6 +316,7 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
     assert result.returncode != 0 and "cannot read this checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
