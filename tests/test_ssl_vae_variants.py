@@ -160,6 +160,39 @@ def test_bad_settings_are_config_errors(bad):
         make_aux(**options)
 
 
+
+def test_decoded_variance_is_the_gaussian_with_the_decoders_per_dimension_variance():
+    """gaussian_variance=decoded: the decoder outputs means then log-variances (twice the
+    channels); -log p(h | y, z) is the diagonal Gaussian's, per dimension, and samples and
+    reconstructions use the means only."""
+    model = make_aux("none", likelihood="gaussian", gaussian_variance="decoded", binarize=False)
+    assert not hasattr(model, "log_sigma")
+    params = torch.randn(5, 2, 4, 4)
+    h = torch.randn(5, 1, 4, 4)
+    mean, logvar = params[:, :1], params[:, 1:]
+    expected = -normal(mean, logvar).log_prob(h).flatten(1).sum(dim=1)
+    assert torch.allclose(model.nll(params, h), expected, atol=1e-5)
+    z, y = torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1])
+    assert model.decoder(z, y).shape == (5, 2, 4, 4)
+    assert model.decode_params(z, y).shape == (5, 1, 4, 4)
+    assert model.decode(z, y).shape == (5, 1, 4, 4)
+    # shared: one learned sigma for every dimension, the decoder outputs the means only
+    shared = make_aux("none", likelihood="gaussian", binarize=False)
+    assert shared.decoder(z, y).shape == (5, 1, 4, 4) and shared.log_sigma.requires_grad
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"gaussian_variance": "per_pixel"},
+        {"gaussian_variance": "decoded", "likelihood": "bernoulli"},
+        {"gaussian_variance": "decoded", "likelihood": "gaussian", "gaussian_sigma": 0.5},
+    ],
+)
+def test_bad_variance_settings_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="gaussian_variance"):
+        make_aux("none", **bad)
+
 def test_auxiliary_models_need_the_dense_nets(make_cfg):
     cfg = make_cfg(["experiment=ssl_vae_adgm_digits", "model/encoder=conv"])
     assert "use the dense ones" in config_error_of(lambda: build(cfg))

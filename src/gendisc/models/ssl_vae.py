@@ -15,7 +15,10 @@ inference model q(y | x) (the classifier) and q(z | x, y). All bounds are in nat
 M1+M2 (``m1=<checkpoint of an unconditional model=vae run>``): M2 on the latent code z1 of a
 frozen VAE M1 instead of the pixels, z1 ~ q(z1 | x) redrawn each step (``m1_features=sample``,
 as in the paper) or its mean; evaluation classifies the posterior mean of z1. M2's likelihood of
-z1 is Gaussian. Its samples and reconstructions are decoded back to images by M1's decoder.
+z1 is Gaussian, with one learned sigma (``gaussian_variance=shared``) or, as in the authors'
+code, a variance per dimension and example that the decoder outputs beside the mean
+(``gaussian_variance=decoded``). Its samples and reconstructions are decoded back to images by
+M1's decoder.
 
 Auxiliary models (``auxiliary=adgm|sdgm``): an auxiliary variable a with inference model
 q(a | x) q(y | a, x) q(z | a, y, x); generative model p(y) p(z) p(x | y, z) p(a | x, y, z) (ADGM)
@@ -133,6 +136,8 @@ class SSLVAEModule(ClassifierEvaluation):
         binarize: redraw binary training images each step (for binary-like images such as
             MNIST; Bernoulli likelihood, or M1+M2, where M1 encodes the redrawn images).
         gaussian_sigma: fixed sigma of the Gaussian likelihood; null: learned.
+        gaussian_variance: ``shared`` (one sigma: ``gaussian_sigma`` or learned) or
+            ``decoded`` (the decoder outputs a log-variance per dimension beside the mean).
         alpha_scale: alpha = alpha_scale * N_total / N_labeled (the authors' 0.1).
         alpha: a fixed weight of the classification term instead (null: from alpha_scale).
         scheduler: optional partial of a torch lr scheduler (stepped each epoch).
@@ -160,6 +165,7 @@ class SSLVAEModule(ClassifierEvaluation):
         likelihood: Likelihood = "bernoulli",
         binarize: bool = False,
         gaussian_sigma: float | None = None,
+        gaussian_variance: Literal["shared", "decoded"] = "shared",
         alpha_scale: float = 0.1,
         alpha: float | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -178,6 +184,15 @@ class SSLVAEModule(ClassifierEvaluation):
         )
         if likelihood not in ("bernoulli", "gaussian"):
             raise ConfigError(f"model.likelihood={likelihood!r}: choose bernoulli or gaussian")
+        if gaussian_variance not in ("shared", "decoded"):
+            raise ConfigError(
+                f"model.gaussian_variance={gaussian_variance!r}: choose shared or decoded"
+            )
+        if gaussian_variance == "decoded" and (likelihood != "gaussian" or gaussian_sigma):
+            raise ConfigError(
+                "model.gaussian_variance=decoded needs model.likelihood=gaussian and "
+                "model.gaussian_sigma=null (the decoder outputs the variance)"
+            )
         if binarize and likelihood != "bernoulli" and not m1:
             raise ConfigError("model.binarize=true needs model.likelihood=bernoulli (or model.m1)")
         if alpha_scale < 0 or (alpha is not None and alpha < 0):
@@ -201,6 +216,7 @@ class SSLVAEModule(ClassifierEvaluation):
         self.mc_samples = int(mc_samples)
         self.eval_samples = int(eval_samples)
         self.m1_features = m1_features
+        self.decoded_variance = gaussian_variance == "decoded"
         self.m1_likelihood: Likelihood = "bernoulli"
         self.m1_encoder: nn.Module | None = None
         self.m1_decoder: nn.Module | None = None
@@ -234,7 +250,7 @@ class SSLVAEModule(ClassifierEvaluation):
             raise ConfigError(dense)
         self.likelihood = likelihood
         self.binarize = bool(binarize)
-        if likelihood == "gaussian":
+        if likelihood == "gaussian" and not self.decoded_variance:
             self.log_sigma = log_sigma_parameter(gaussian_sigma)
         self.alpha_scale = float(alpha_scale)
         self.alpha = float(alpha) if alpha is not None else None
@@ -256,7 +272,10 @@ class SSLVAEModule(ClassifierEvaluation):
         joint_shape = (flat + self.aux_dim,) if aux else self.data_shape
         self.encoder = encoder(in_shape=joint_shape, latent_dim=self.latent_dim, num_classes=k)
         decoder_latent = self.latent_dim + (self.aux_dim if self.auxiliary == "sdgm" else 0)
-        self.decoder = decoder(latent_dim=decoder_latent, out_shape=self.data_shape, num_classes=k)
+        # decoded variance: twice the channels, the means then the log-variances
+        channels, *size = self.data_shape
+        out_shape = (2 * channels, *size) if self.decoded_variance else self.data_shape
+        self.decoder = decoder(latent_dim=decoder_latent, out_shape=out_shape, num_classes=k)
         self.classifier = classifier(in_shape=joint_shape, num_classes=k)
         self.aux_encoder: nn.Module | None = None
         self.aux_decoder: nn.Module | None = None
@@ -388,10 +407,18 @@ class SSLVAEModule(ClassifierEvaluation):
         """Decoder output: Bernoulli logits or Gaussian means of M2's data (SDGM: a at the mean
         of p(a | z, y))."""
         a = self.aux_prior(z, y, z)[0] if self.auxiliary == "sdgm" else None
-        return self._decoder_params(z, y, a)
+        return self._split(self._decoder_params(z, y, a))[0]
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(likelihood parameters, log sigma per dimension or None) of a decoder output."""
+        if not self.decoded_variance:
+            return params, None
+        mean, logvar = params.chunk(2, dim=1)
+        return mean, 0.5 * logvar
 
     def to_image(self, params: Tensor) -> Tensor:
         """The mean image of M2's decoder output (M1+M2: z1's mean decoded by M1)."""
+        params = params[:, : self.data_shape[0]]  # the means of a decoded-variance output
         if self.m1_decoder is None:
             return mean_image(params, self.likelihood)
         return mean_image(self.m1_decoder(params.flatten(1), None), self.m1_likelihood)
@@ -409,8 +436,12 @@ class SSLVAEModule(ClassifierEvaluation):
         return self.decode(mu, y)
 
     def nll(self, params: Tensor, h: Tensor) -> Tensor:
-        """-log p(h | y, z) per example."""
-        return image_nll(params, h, self.likelihood, getattr(self, "log_sigma", None))
+        """-log p(h | y, z) per example (the decoder's output: with a decoded variance, the
+        means then the log-variances along dim 1)."""
+        params, log_sigma = self._split(params)
+        if log_sigma is None:
+            log_sigma = getattr(self, "log_sigma", None)
+        return image_nll(params, h, self.likelihood, log_sigma)
 
     def _aux_draw(self, h: Tensor, sample: bool) -> tuple[Tensor | None, Tensor | None]:
         return self.draw_aux(h, sample) if self.aux_encoder is not None else (None, None)
