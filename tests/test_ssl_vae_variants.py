@@ -160,7 +160,6 @@ def test_bad_settings_are_config_errors(bad):
         make_aux(**options)
 
 
-
 def test_decoded_variance_is_the_gaussian_with_the_decoders_per_dimension_variance():
     """gaussian_variance=decoded: the decoder outputs means then log-variances (twice the
     channels); -log p(h | y, z) is the diagonal Gaussian's, per dimension, and samples and
@@ -192,6 +191,7 @@ def test_decoded_variance_is_the_gaussian_with_the_decoders_per_dimension_varian
 def test_bad_variance_settings_are_config_errors(bad):
     with pytest.raises(ConfigError, match="gaussian_variance"):
         make_aux("none", **bad)
+
 
 def test_auxiliary_models_need_the_dense_nets(make_cfg):
     cfg = make_cfg(["experiment=ssl_vae_adgm_digits", "model/encoder=conv"])
