@@ -37,7 +37,7 @@ test: setup
 # in-process tests only (no subprocess sweeps, DDP, kill-and-resume, non-digits experiments or
 # trainings of over ~10 s), on 2 workers (pytest-xdist) of one torch thread each
 test-fast: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # ssl_gan under Lightning vs a plain PyTorch loop of the same work: prints "ratio: X"
 bench: setup
