@@ -176,10 +176,12 @@ def plot_curves(summary: pd.DataFrame, main: str) -> Figure:
         axes.fill_between(
             epochs, np.maximum(mean - spread, 1e-3), mean + spread, color=colour, alpha=0.2
         )
-    axes.set_yscale("log")
-    # ticks read in percent: 1, 2, 5, 10, 20, 50 (not 10^0, 2x10^0)
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axes.yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
+    low, high = axes.get_ylim()
+    if low > 0 and high / low > 3:  # a log axis only where the errors span a wide range
+        axes.set_yscale("log")
+        # ticks read in percent: 1, 2, 5, 10, 20, 50 (not 10^0, 2x10^0)
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axes.yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation error (%)")
     axes.set_title("validation error per epoch (mean ± std over seeds)")
