@@ -417,8 +417,7 @@ class SSLVAEModule(ClassifierEvaluation):
         return mean, 0.5 * logvar
 
     def to_image(self, params: Tensor) -> Tensor:
-        """The mean image of M2's decoder output (M1+M2: z1's mean decoded by M1)."""
-        params = params[:, : self.data_shape[0]]  # the means of a decoded-variance output
+        """The mean image of M2's likelihood parameters (M1+M2: z1's mean decoded by M1)."""
         if self.m1_decoder is None:
             return mean_image(params, self.likelihood)
         return mean_image(self.m1_decoder(params.flatten(1), None), self.m1_likelihood)
@@ -475,7 +474,7 @@ class SSLVAEModule(ClassifierEvaluation):
             z, noise = latents[:, : self.latent_dim], latents[:, self.latent_dim :]
             mu, logvar = self.aux_prior(z, y, z)
             a = mu + noise * torch.exp(0.5 * logvar)
-            return self.to_image(self._decoder_params(z, y, a))
+            return self.to_image(self._split(self._decoder_params(z, y, a))[0])
 
         nets = [self.decoder, self.aux_decoder, self.m1_decoder]
         return Sampler(

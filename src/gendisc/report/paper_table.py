@@ -71,16 +71,20 @@ class TableSpec:
     published_name: str
     published_source: str
     published_test_images: int
-    # total labels -> (mean, std) test error in percent, of the first column's model
-    published: dict[int, tuple[float, float | None]]
-    # variant -> (published name, figures) of each column that has published figures
+    # variant -> (published name, {total labels: (mean, std) test error in percent}) of each
+    # column that has published figures
     column_published: dict[str, tuple[str, dict[int, tuple[float, float | None]]]] = field(
         default_factory=dict
     )
 
     def variant(self, choice: str | None) -> str:
         """The variant's short name in runs.csv: the choice, or 'full' for none."""
-        return "full" if choice is None else str(choice)
+        return variant_name(choice)
+
+    @property
+    def published(self) -> dict[int, tuple[float, float | None]]:
+        """The figures published for the first column's model."""
+        return self.published_of(self.variant(self.columns[0][0]))[1]
 
     def published_of(self, variant: str) -> tuple[str, dict[int, tuple[float, float | None]]]:
         """(name, figures) published for a column's model; figures empty when none."""
@@ -99,12 +103,12 @@ def load_spec(path: str | Path) -> TableSpec:
         group = str(raw["column_group"])
         columns = [(entry[group], str(entry["name"])) for entry in raw["columns"]]
         published = raw.get("published") or {}
-        values = _figures(published.get("error_percent"))
+        first_figures = _figures(published.get("error_percent"))
         name = str(published.get("name", "published"))
         column_published = {}
         for index, entry in enumerate(raw["columns"]):
-            variant = "full" if entry[group] is None else str(entry[group])
-            figures = _figures(entry.get("error_percent")) or (values if index == 0 else {})
+            variant = variant_name(entry[group])
+            figures = _figures(entry.get("error_percent")) or (first_figures if index == 0 else {})
             if figures:
                 column_published[variant] = (str(entry.get("published_name", name)), figures)
         spec = TableSpec(
@@ -116,7 +120,6 @@ def load_spec(path: str | Path) -> TableSpec:
             published_name=name,
             published_source=str(published.get("source", "")),
             published_test_images=int(published.get("test_images", 0) or 0),
-            published=values,
             column_published=column_published,
         )
     except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -129,6 +132,11 @@ def load_spec(path: str | Path) -> TableSpec:
     if not columns:
         raise ConfigError(f"{path}: columns is empty; list at least the full model's column.")
     return spec
+
+
+def variant_name(choice: str | None) -> str:
+    """A column's short name in runs.csv: the config group's choice, or 'full' for none."""
+    return "full" if choice is None else str(choice)
 
 
 def _figures(raw: Any) -> dict[int, tuple[float, float | None]]:
