@@ -51,6 +51,7 @@ from lightning import Callback
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gendisc.utils.build import build
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
@@ -147,6 +148,69 @@ class Framework:
         timer = StepTimer(warmup)
         self.fit(steps, warmup, [timer])
         return timer.seconds_per_step()
+
+
+# ---------------------------------------------------------------------------- step breakdown
+MATMUL_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+NOISE_OPS = {torch.ops.aten.normal_.default, torch.ops.aten.randn.default}
+
+
+class OpClock(TorchDispatchMode):
+    """Wall time and FLOPs of the matrix products and the Gaussian draws run under it (CPU).
+
+    Only those calls are timed, each around its own kernel, so the Python dispatch this mode
+    adds to every other op does not enter the figures; the rest of the step is taken from an
+    uninstrumented timing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = {"matmul": 0.0, "noise": 0.0}
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kind = "matmul" if func in MATMUL_OPS else "noise" if func in NOISE_OPS else None
+        if kind is None:
+            return func(*args, **(kwargs or {}))
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds[kind] += time.perf_counter() - start
+        if kind == "matmul":
+            a, b = args[-2], args[-1]  # addmm(bias, a, b), mm(a, b), bmm(a, b)
+            self.flops += 2 * a.numel() * b.shape[-1]
+        return out
+
+
+class BreakdownSteps(Callback):
+    """Runs ``OpClock`` from the start of batch ``warmup`` to the end of the fit's last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.clock = OpClock()
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.clock.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx >= self.warmup:
+            self.steps = batch_idx + 1 - self.warmup
+            if batch_idx + 1 == trainer.num_training_batches:
+                self.clock.__exit__(None, None, None)
+
+
+def step_breakdown(framework: Framework, steps: int, warmup: int) -> dict[str, float]:
+    """Seconds per step in the matrix products and in the Gaussian draws of ``framework``'s
+    step, and the products' achieved GFLOP/s (one extra fit of ``steps`` steps, CPU)."""
+    callback = BreakdownSteps(warmup)
+    framework.fit(steps, warmup, [callback])
+    n = max(callback.steps, 1)
+    matmul_s = callback.clock.seconds["matmul"] / n
+    return {
+        "matmul_s": matmul_s,
+        "noise_s": callback.clock.seconds["noise"] / n,
+        "matmul_gflops": callback.clock.flops / n / matmul_s / 1e9 if matmul_s else math.nan,
+    }
 
 
 # ----------------------------------------------------------------------------- naive loop
@@ -415,6 +479,9 @@ def main() -> None:
         "where bf16 matrix products are emulated: a CPU without AVX512-BF16/AMX)",
     )
     parser.add_argument("--skip-rates", action="store_true", help="no matmul-rate timing")
+    parser.add_argument(
+        "--skip-breakdown", action="store_true", help="no timing of the step's products and noise"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the framework")
     args = parser.parse_args()
     for name in ("lightning.pytorch", "lightning.fabric"):  # no per-fit banners
@@ -468,6 +535,10 @@ def main() -> None:
         if not args.skip_rates:
             for dtype, times in rate_times.items():
                 times.append(gemm_seconds(gemms, dtype, device))
+
+    breakdown = None
+    if not args.skip_breakdown and device.type == "cpu" and variants[0].run is not None:
+        breakdown = step_breakdown(variants[0].run, args.steps, args.warmup)
 
     threads = torch.get_num_threads()
     print(
@@ -527,6 +598,19 @@ def main() -> None:
         )
         if variant.error:
             print(f"{'':<16}  failed in a later round: {variant.error}")
+    if breakdown is not None and not math.isnan(epoch_s["framework"]):
+        per_step = epoch_s["framework"] / EPOCH_STEPS
+        matmul_s, noise_s = breakdown["matmul_s"], breakdown["noise_s"]
+        rest_s = per_step - matmul_s - noise_s
+        print(
+            f"framework step (float32, one more fit of {args.steps} steps, by op): matrix "
+            f"products {1000 * matmul_s:.1f} ms at {breakdown['matmul_gflops']:.1f} GFLOP/s, "
+            f"Gaussian noise {1000 * noise_s:.1f} ms, the rest {1000 * rest_s:.1f} ms "
+            f"(of the median {1000 * per_step:.1f} ms)"
+        )
+        if not math.isnan(epoch_s["naive"]):
+            floor = EPOCH_STEPS * (matmul_s + noise_s) / epoch_s["naive"]
+            print(f"ratio with the rest at zero (products and noise alone): {floor:.3f}")
     host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         gpu = ", ".join(f"{v.name} {v.peak_mb:.0f} MB" for v in variants if v.times)
