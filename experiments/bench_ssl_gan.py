@@ -13,7 +13,9 @@ batch). Measured in one process, in interleaved rounds (A B C D A B C D ...), me
 - C ``naive``: the loop a user would write in plain PyTorch: separate D passes, torch's own
   weight-norm parametrization, ``torch.optim.Adam``, a per-parameter EMA loop, float32;
 - D the machine's matrix-product rates in float32 and bfloat16, timed on the GEMMs of one step
-  (this model's shapes and layouts), which give the step's matmul floor and each variant's share.
+  (this model's shapes and layouts), which give the step's matmul floor and each variant's share;
+- E (CPU) one more ``framework`` fit that times only its matrix products and Gaussian draws
+  (``OpClock``): the step by op, and the ratio those two alone would allow.
 
 The last four lines are ``bf16_epoch_s``, ``epoch_s``, ``naive_epoch_s`` (seconds per 600-step
 epoch) and ``ratio`` (epoch_s / naive_epoch_s); ``nan`` when a variant was skipped or failed.
@@ -187,23 +189,34 @@ class BreakdownSteps(Callback):
         self.warmup = warmup
         self.clock = OpClock()
         self.steps = 0
+        self.active = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
             self.clock.__enter__()
+            self.active = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
             self.steps = batch_idx + 1 - self.warmup
             if batch_idx + 1 == trainer.num_training_batches:
-                self.clock.__exit__(None, None, None)
+                self.stop()
+
+    def stop(self) -> None:
+        """Leave ``OpClock`` (once; also when the fit stopped early)."""
+        if self.active:
+            self.clock.__exit__(None, None, None)
+            self.active = False
 
 
 def step_breakdown(framework: Framework, steps: int, warmup: int) -> dict[str, float]:
     """Seconds per step in the matrix products and in the Gaussian draws of ``framework``'s
     step, and the products' achieved GFLOP/s (one extra fit of ``steps`` steps, CPU)."""
     callback = BreakdownSteps(warmup)
-    framework.fit(steps, warmup, [callback])
+    try:
+        framework.fit(steps, warmup, [callback])
+    finally:
+        callback.stop()
     n = max(callback.steps, 1)
     matmul_s = callback.clock.seconds["matmul"] / n
     return {
