@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,47 +183,52 @@ class OpClock(TorchDispatchMode):
         return out
 
 
-class BreakdownSteps(Callback):
-    """Runs ``OpClock`` from the start of batch ``warmup`` to the end of the fit's last batch."""
+class StepsUnder(Callback):
+    """Runs a context manager (``OpClock``, ``torch.profiler.profile``...) from the start of
+    batch ``warmup`` to the end of the fit's last batch, and times those steps (wall)."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, warmup: int, context: AbstractContextManager) -> None:
         self.warmup = warmup
-        self.clock = OpClock()
+        self.context = context
         self.steps = 0
+        self.start = self.end = math.nan
         self.active = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            self.clock.__enter__()
+            self.context.__enter__()
             self.active = True
+            self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx >= self.warmup:
             self.steps = batch_idx + 1 - self.warmup
             if batch_idx + 1 == trainer.num_training_batches:
+                self.end = time.perf_counter()
                 self.stop()
 
     def stop(self) -> None:
-        """Leave ``OpClock`` (once; also when the fit stopped early)."""
+        """Leave the context (once; also when the fit stopped early)."""
         if self.active:
-            self.clock.__exit__(None, None, None)
+            self.context.__exit__(None, None, None)
             self.active = False
 
 
 def step_breakdown(framework: Framework, steps: int, warmup: int) -> dict[str, float]:
     """Seconds per step in the matrix products and in the Gaussian draws of ``framework``'s
     step, and the products' achieved GFLOP/s (one extra fit of ``steps`` steps, CPU)."""
-    callback = BreakdownSteps(warmup)
+    clock = OpClock()
+    callback = StepsUnder(warmup, clock)
     try:
         framework.fit(steps, warmup, [callback])
     finally:
         callback.stop()
     n = max(callback.steps, 1)
-    matmul_s = callback.clock.seconds["matmul"] / n
+    matmul_s = clock.seconds["matmul"] / n
     return {
         "matmul_s": matmul_s,
-        "noise_s": callback.clock.seconds["noise"] / n,
-        "matmul_gflops": callback.clock.flops / n / matmul_s / 1e9 if matmul_s else math.nan,
+        "noise_s": clock.seconds["noise"] / n,
+        "matmul_gflops": clock.flops / n / matmul_s / 1e9 if matmul_s else math.nan,
     }
 
 

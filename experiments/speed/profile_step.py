@@ -14,38 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
-from lightning import Callback
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/: the bench's helpers
 
-from bench_ssl_gan import DEFAULT_DATA_DIR, Framework, compose_cfg, cpu_model
-
-
-class ProfileSteps(Callback):
-    """Profiles from the start of batch ``warmup`` to the end of the last batch."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=False)
-        self.start = self.end = 0.0
-        self.steps = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.profiler.start()
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup:
-            self.steps = batch_idx + 1 - self.warmup
-            if batch_idx + 1 == trainer.num_training_batches:
-                self.end = time.perf_counter()
-                self.profiler.stop()
+from bench_ssl_gan import DEFAULT_DATA_DIR, Framework, StepsUnder, compose_cfg, cpu_model
 
 
 def main() -> None:
@@ -66,7 +42,8 @@ def main() -> None:
     import gendisc
 
     framework = Framework(compose_cfg(args.overrides, args.data_dir))
-    callback = ProfileSteps(args.warmup)
+    profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=False)
+    callback = StepsUnder(args.warmup, profiler)
     framework.fit(args.steps, args.warmup, [callback])
     per_step = (callback.end - callback.start) / callback.steps
     print(
@@ -78,7 +55,7 @@ def main() -> None:
         f"after {args.warmup}, {1000 * per_step:.1f} ms per step under the profiler "
         f"({600 * per_step:.1f} s per 600-step epoch)"
     )
-    table = callback.profiler.key_averages().table(
+    table = profiler.key_averages().table(
         sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=48
     )
     print(table)
