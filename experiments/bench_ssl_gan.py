@@ -56,7 +56,10 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gendisc.utils.build import build
+try:
+    from gendisc.utils.build import build
+except ImportError:  # checkouts before 2026-12-02 (PYTHONPATH=<old checkout>/src) had it here
+    from gendisc.train import build
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
