@@ -58,7 +58,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 try:
     from gendisc.utils.build import build
-except ImportError:  # checkouts before 2026-12-02 (PYTHONPATH=<old checkout>/src) had it here
+except ModuleNotFoundError:  # checkouts before 2026-12-02 (PYTHONPATH=<old checkout>/src) had it here
     from gendisc.train import build
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 
