@@ -2,7 +2,9 @@
 calls ``torch.load``.
 
 Every read is ``torch.load(..., weights_only=True)``: gendisc checkpoints hold only tensors and
-plain Python values, so reading one never runs code from the file. Every failure becomes one
+plain Python values, so reading one never runs code from the file. The run config stored in a
+checkpoint is checked by :mod:`gendisc.trusted` before anything is built from it: only trusted
+``_target_`` values are instantiated. Every failure becomes one
 :class:`~gendisc.errors.ConfigError` that names the file and the setting it came from.
 """
 
@@ -20,10 +22,12 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.errors import ConfigError
+from gendisc.trusted import check_trusted
 from gendisc.utils.config import migrate_renamed_keys
 
 __all__ = [
     "CONFIG_KEY",
+    "check_checkpoint",
     "load_checkpoint",
     "load_module",
     "load_run_config",
@@ -87,13 +91,21 @@ def load_checkpoint(path: str | Path, setting: str) -> dict[str, Any]:
 
 
 def run_config(checkpoint: dict[str, Any], path: str | Path, setting: str) -> DictConfig:
-    """The config a checkpoint's run was trained with (stored in it by ``gendisc-train``)."""
+    """The config a checkpoint's run was trained with (stored in it by ``gendisc-train``), once
+    every ``_target_`` in it is trusted (:func:`gendisc.trusted.check_trusted`): what this
+    returns may be instantiated."""
     if CONFIG_KEY not in checkpoint:
         raise ConfigError(
             f"{setting}={path} holds no gendisc config: was it written by gendisc-train?"
         )
     stored = checkpoint[CONFIG_KEY]
-    if isinstance(stored, dict) and isinstance(stored.get("model"), dict):
+    if not isinstance(stored, dict):
+        raise ConfigError(
+            f"{setting}={path}: its {CONFIG_KEY} is a {type(stored).__name__}, not a config "
+            "(a dict): was it written by gendisc-train?"
+        )
+    check_trusted(stored, f"{setting}={path}")
+    if isinstance(stored.get("model"), dict):
         renamed = migrate_renamed_keys(stored["model"])  # written before an option's rename
         if renamed:
             log.info("%s=%s: stored options renamed: %s", setting, path, ", ".join(renamed))
@@ -105,11 +117,21 @@ def load_run_config(path: str | Path, setting: str = "ckpt_path") -> DictConfig:
     return run_config(load_checkpoint(path, setting), path, setting)
 
 
+def check_checkpoint(path: str | Path, setting: str) -> dict[str, Any]:
+    """The checkpoint file ``path``, read weights-only, once the run config it stores (if any)
+    is trusted: gendisc refuses a file whose config names an untrusted target wherever it reads
+    one, also where that config is not built from (resuming, ``model.init_from``)."""
+    checkpoint = load_checkpoint(path, setting)
+    if CONFIG_KEY in checkpoint:
+        run_config(checkpoint, Path(path).expanduser(), setting)
+    return checkpoint
+
+
 def read_checkpoint_state(
     path: str | Path, setting: str = "model.init_from"
 ) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning checkpoint file (or of a bare state dict file)."""
-    checkpoint = load_checkpoint(path, setting)
+    checkpoint = check_checkpoint(path, setting)
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(

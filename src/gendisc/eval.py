@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from gendisc.callbacks.generative_metrics import GenerativeMetrics
 from gendisc.callbacks.run_report import EvaluationReport
 from gendisc.checkpoints import load_checkpoint, restore_weights, run_config
+from gendisc.trusted import UntrustedConfigError
 from gendisc.utils.build import build
 from gendisc.utils.config import (
     PROJECT_ROOT,
@@ -22,18 +25,37 @@ from gendisc.utils.failures import exit_on_gendisc_error
 log = logging.getLogger(__name__)
 register_resolvers()
 
+GENERATIVE_METRICS = f"{GenerativeMetrics.__module__}.{GenerativeMetrics.__qualname__}"
+
 
 def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[Any]:
     """The run's generative-metrics callback (FID/KID/IS/CAS of its generator) when it had one
-    and ``generative_metrics`` is on: the report then matches the training run's test."""
+    and ``generative_metrics`` is on: the report then matches the training run's test.
+
+    The settings come from the checkpoint, but the class must be GenerativeMetrics and its
+    evaluator cache is this machine's (``paths.cache_dir``): no callback or folder named by a
+    file is attached to the trainer."""
     spec = OmegaConf.select(run_cfg, "callbacks.generative_metrics")
     if not cfg.get("generative_metrics", True) or not spec:
         return []
+    if spec.get("_target_") != GENERATIVE_METRICS:
+        raise UntrustedConfigError(
+            f"ckpt_path={cfg.ckpt_path}: its callbacks.generative_metrics._target_ is "
+            f"{spec.get('_target_')!r}, not {GENERATIVE_METRICS}; gendisc-eval attaches no other "
+            "callback from a file. Evaluate with generative_metrics=false, or use a checkpoint "
+            "written by gendisc-train."
+        )
+    spec = spec.copy()
+    if spec.get("cache_dir"):
+        spec.cache_dir = str(Path(cfg.paths.cache_dir) / "evaluators")
     return [hydra.utils.instantiate(spec)]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics."""
+    """Rebuild the checkpoint's datamodule and model, test them, return the report's metrics.
+
+    The stored run config is built from only once its targets are trusted (``run_config``); the
+    trainer, its loggers and the report come from this command's own config."""
     checkpoint = load_checkpoint(cfg.ckpt_path, "ckpt_path")  # the file's only read
     run_cfg = run_config(checkpoint, cfg.ckpt_path, "ckpt_path")
     overrides = {k: v for k, v in cfg.get("data", {}).items() if v is not None}

@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         distributed.check_multiprocess_launch(cfg, trainer)
         try:
             if cfg.get("train"):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
                 metrics.update(_plain_metrics(trainer.callback_metrics))
                 metrics.update(resume.best_validation(trainer))
                 validation = {k: v for k, v in metrics.items() if k.startswith("val/")}
@@ -81,7 +81,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     report.extra.update(validation)
             if cfg.get("test"):
                 for prefix, test_ckpt in resume.checkpoints_to_test(cfg, trainer):
-                    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+                    trainer.test(
+                        model, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True
+                    )
                     tested = _plain_metrics(trainer.callback_metrics)
                     if prefix != "test/":  # an extra test: kept under its own prefix
                         tested = {

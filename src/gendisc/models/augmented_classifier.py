@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gendisc.checkpoints import load_module
+from gendisc.checkpoints import check_checkpoint, load_module
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
 from gendisc.models.classifier import ClassifierModule
@@ -33,7 +33,9 @@ class AugmentedClassifierModule(ClassifierModule):
 
     Args (besides the classifier's):
         generator_ckpt: the generator's checkpoint (read when fitting starts; not stored in
-            this module's checkpoints, so evaluating them does not need it).
+            this module's checkpoints, so evaluating them does not need it). When the file
+            exists as the module is built, its stored config is checked then
+            (``checkpoints.check_checkpoint``): a refused file stops a run before it writes.
         synthetic_ratio: fraction of each training batch that is synthetic, in [0, 1); 0
             trains on the real batch only (the baseline, identical otherwise).
         filter_threshold: drop from the loss synthetic images to whose requested class the
@@ -72,6 +74,8 @@ class AugmentedClassifierModule(ClassifierModule):
             raise ConfigError(f"model.filter_threshold={filter_threshold}: must be in [0, 1]")
         self.in_shape = tuple(int(v) for v in in_shape)
         self.generator_ckpt = generator_ckpt
+        if generator_ckpt and Path(generator_ckpt).expanduser().is_file():
+            check_checkpoint(generator_ckpt, "model.generator_ckpt")
         self.synthetic_ratio = float(synthetic_ratio)
         self.filter_threshold = filter_threshold
         self.synthetic: Sampler | None = None  # a plain attribute: never in the state dict
