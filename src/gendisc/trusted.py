@@ -141,21 +141,25 @@ def is_trusted(name: Any) -> bool:
 def check_trusted(config: Any, source: str) -> None:
     """Refuse a config read from a file (``source``, e.g. ``ckpt_path=<file>``) that names an
     untrusted ``_target_`` or holds an interpolation; one error lists every offending key."""
-    refused = [(key, value) for key, value in targets(config) if not is_trusted(value)]
+    refused = [
+        f"{key}._target_={value!r}" for key, value in targets(config) if not is_trusted(value)
+    ]
+    hidden = [f"{key}={value!r}" for key, value in interpolations(config)]
+    problems = []
     if refused:
-        listed = "; ".join(f"{key}._target_={value!r}" for key, value in refused)
-        raise UntrustedConfigError(
-            f"{source}: its stored config names {listed}, which gendisc does not build from a "
-            "file (only gendisc's own classes and the third-party classes its configs use). "
-            "Nothing was built. Use a checkpoint whose config uses gendisc's own targets (re-save "
-            "it so, or train the run again); if you trust this file and the class, name it in "
-            f"{TRUSTED_ENV}. Configs typed on the command line or in conf/ are trusted as before."
+        problems.append(
+            f"names {'; '.join(refused)}, which gendisc does not build from a file (only "
+            "gendisc's own classes and the third-party classes its configs use)"
         )
-    found = list(interpolations(config))
-    if found:
-        listed = "; ".join(f"{key}={value!r}" for key, value in found)
+    if hidden:
+        problems.append(
+            f"holds the interpolation {'; '.join(hidden)} (gendisc-train stores run configs "
+            "resolved, so another program wrote it)"
+        )
+    if problems:
         raise UntrustedConfigError(
-            f"{source}: its stored config holds the interpolation {listed}; gendisc stores run "
-            "configs resolved, so the file was not written by gendisc-train. Nothing was built. "
-            "Re-save the checkpoint with plain values in its config, or train the run again."
+            f"{source}: its stored config {' and '.join(problems)}. Nothing was built. Use a "
+            "checkpoint whose config uses gendisc's own targets and plain values (re-save it so, "
+            "or train the run again); if you trust this file and the class, name it in "
+            f"{TRUSTED_ENV}. Configs typed on the command line or in conf/ are trusted as before."
         )
