@@ -1,4 +1,4 @@
-"""Loss functions (Salimans et al. 2016 and standard GAN / VAE losses).
+"""Loss functions (Salimans et al. 2016, standard GAN / VAE losses, FixMatch).
 
 Semi-supervised GAN losses take the K class logits l of the discriminator; the fake class
 has its logit fixed at 0, so with Z(x) = sum_k exp(l_k(x)) and lse = log Z,
@@ -18,6 +18,7 @@ __all__ = [
     "HistoricalAverage",
     "discriminator_loss",
     "feature_matching_loss",
+    "fixmatch_unlabeled_loss",
     "gaussian_kl",
     "generator_loss",
     "ssl_generator_minimax_loss",
@@ -174,3 +175,21 @@ class HistoricalAverage(nn.Module):
         if not terms:
             return torch.zeros(())
         return torch.stack(terms).sum()
+
+
+def fixmatch_unlabeled_loss(
+    logits_weak: Tensor, logits_strong: Tensor, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """FixMatch's unlabeled term (Sohn et al. 2020): the class the weak view is predicted as,
+    kept where its probability is at least ``threshold``, is the target of the strong view.
+
+    ``l_u = mean_b 1[max q_b >= threshold] CE(logits_strong_b, argmax q_b)``, q = softmax of the
+    weak view's logits taken without gradient (only the strong view is trained on it); the mean
+    is over every unlabeled image, masked or not, as in the paper. Returns (l_u, the mask, the
+    pseudo-labels).
+    """
+    probs = torch.softmax(logits_weak.detach(), dim=1)
+    confidence, pseudo_labels = probs.max(dim=1)
+    mask = (confidence >= threshold).to(logits_strong.dtype)
+    per_image = F.cross_entropy(logits_strong, pseudo_labels, reduction="none")
+    return (per_image * mask).mean(), mask, pseudo_labels
