@@ -34,6 +34,8 @@ ARMS = {
     "ssl_gan_labels_only": ("ssl_gan.SSLGANModule", "SalimansMLPDiscriminator", 0, 0.0),
     "ssl_gan_labels_only_translate": ("ssl_gan.SSLGANModule", "SalimansMLPDiscriminator", 2, 0.0),
     "ssl_vae": ("ssl_vae.SSLVAEModule", "MLPClassifier", 0, None),
+    "fixmatch": ("fixmatch.FixMatchModule", "ConvNet", 0, None),
+    "bad_gan": ("ssl_gan.SSLGANModule", "SalimansMLPDiscriminator", 0, 1.0),
     "ssl_vae_labels_only": ("classifier.ClassifierModule", "MLPClassifier", 0, None),
     "ssl_vae_labels_only_translate": ("classifier.ClassifierModule", "MLPClassifier", 2, None),
 }
@@ -77,6 +79,21 @@ def test_each_method_is_its_model_augmentation_and_baseline_switch(method):
             assert cfg.model.optimizer.weight_decay == 0 and cfg.model.scheduler is None
     else:
         assert cfg.trainer.max_epochs == 20
+
+
+def test_fixmatch_and_bad_gan_train_their_baselines_nets_alike():
+    """Like for like: FixMatch has the classifier's net, optimiser and schedule; Bad GAN has
+    ssl_gan's D, optimiser and loop (ssl_gan_labels_only is its labels-only baseline)."""
+    study = ["experiment=study_label_budget"]
+    fixmatch = with_hydra([*study, "method=fixmatch"]).model
+    classifier = with_hydra([*study, "method=classifier"]).model
+    for key in ("net", "optimizer", "scheduler"):
+        assert fixmatch[key] == classifier[key], key
+    bad_gan = with_hydra([*study, "method=bad_gan"]).model
+    baseline = with_hydra([*study, "method=ssl_gan_labels_only"]).model
+    for key in ("discriminator", "d_optimizer", "d_ema_decay", "init_images"):
+        assert bad_gan[key] == baseline[key], key
+    assert bad_gan.bad_gan.conditional_entropy == 0.1 and bad_gan.bad_gan.pull_away == 0.8
 
 
 @pytest.mark.parametrize("labels", ["1", "10", "null"])

@@ -61,6 +61,8 @@ NEEDS_GENERATOR = {
 }
 # M1+M2 experiments: M2 runs on the code of an unconditional VAE checkpoint (model.m1): the data
 NEEDS_M1 = {"ssl_vae_m1m2_digits": "digits", "m1m2_mnist": "mnist"}
+# Bad GAN's low-density term reads an unconditional VAE (model.bad_gan.low_density.density_ckpt)
+NEEDS_DENSITY = {"bad_gan_mnist": "mnist"}
 TINY = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100"]
 
 
@@ -151,10 +153,13 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
         train(make_cfg(["model=gan", *generator, *quiet], name="generator"))
         ckpt = tmp_path / "generator" / "checkpoints" / "last.ckpt"
         overrides.append(f"model.generator_ckpt={ckpt}")
-    if experiment in NEEDS_M1:
-        m1 = ["model=vae", "model.conditional=false", f"data={NEEDS_M1[experiment]}", *TINY]
+    needs_vae = NEEDS_M1.get(experiment) or NEEDS_DENSITY.get(experiment)
+    if needs_vae:
+        m1 = ["model=vae", "model.conditional=false", f"data={needs_vae}", *TINY]
         train(make_cfg([*m1, "trainer.max_epochs=1", "~callbacks.generative_metrics"], name="m1"))
-        overrides.append(f"model.m1={tmp_path / 'm1' / 'checkpoints' / 'last.ckpt'}")
+        vae = tmp_path / "m1" / "checkpoints" / "last.ckpt"
+        setting = "model.m1" if experiment in NEEDS_M1 else "model.bad_gan.low_density.density_ckpt"
+        overrides.append(f"{setting}={vae}")
     cfg = make_cfg(overrides)
     metrics = train(cfg)
     if cfg.model._target_.endswith("VAEModule") and not cfg.model.get("conditional", True):

@@ -1,4 +1,4 @@
-"""Loss functions (Salimans et al. 2016 and standard GAN / VAE losses).
+"""Loss functions (Salimans et al. 2016, standard GAN / VAE losses, Bad GAN, FixMatch).
 
 Semi-supervised GAN losses take the K class logits l of the discriminator; the fake class
 has its logit fixed at 0, so with Z(x) = sum_k exp(l_k(x)) and lse = log Z,
@@ -16,10 +16,15 @@ from gendisc.errors import ConfigError
 
 __all__ = [
     "HistoricalAverage",
+    "conditional_entropy",
     "discriminator_loss",
     "feature_matching_loss",
+    "fixmatch_unlabeled_loss",
     "gaussian_kl",
+    "gaussian_noise_nll",
     "generator_loss",
+    "low_density_loss",
+    "pull_away_term",
     "ssl_generator_minimax_loss",
     "ssl_generator_nonsaturating_loss",
     "ssl_supervised_loss",
@@ -174,3 +179,58 @@ class HistoricalAverage(nn.Module):
         if not terms:
             return torch.zeros(())
         return torch.stack(terms).sum()
+
+
+def fixmatch_unlabeled_loss(
+    logits_weak: Tensor, logits_strong: Tensor, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """FixMatch's unlabeled term (Sohn et al. 2020): the class the weak view is predicted as,
+    kept where its probability is at least ``threshold``, is the target of the strong view.
+
+    ``l_u = mean_b 1[max q_b >= threshold] CE(logits_strong_b, argmax q_b)``, q = softmax of the
+    weak view's logits taken without gradient (only the strong view is trained on it); the mean
+    is over every unlabeled image, masked or not, as in the paper. Returns (l_u, the mask, the
+    pseudo-labels).
+    """
+    probs = torch.softmax(logits_weak.detach(), dim=1)
+    confidence, pseudo_labels = probs.max(dim=1)
+    mask = (confidence >= threshold).to(logits_strong.dtype)
+    per_image = F.cross_entropy(logits_strong, pseudo_labels, reduction="none")
+    return (per_image * mask).mean(), mask, pseudo_labels
+
+
+# ------------------------------------------------------------------ Bad GAN (Dai et al. 2017)
+def conditional_entropy(logits: Tensor) -> Tensor:
+    """mean_b H(softmax(l_b)) over the K classes: D's term on unlabeled data that makes its
+    predictions confident."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def pull_away_term(features: Tensor) -> Tensor:
+    """Mean squared cosine similarity over the ordered pairs i != j of a batch's features
+    (N, D): G's term that spreads its samples (Zhao et al. 2017, used by Bad GAN)."""
+    n = features.shape[0]
+    if n < 2:
+        return features.sum() * 0.0
+    unit = F.normalize(features.flatten(1), dim=1)
+    cosine = unit @ unit.t()
+    off_diagonal = cosine.square().sum() - cosine.diagonal().square().sum()
+    return off_diagonal / (n * (n - 1))
+
+
+def gaussian_noise_nll(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """-log N(z; mu, diag(exp(logvar))) per example without the constant, averaged over the
+    batch: Bad GAN's variational entropy term, where an encoder predicts the noise z that made
+    each generated image (minimised by G and the encoder together)."""
+    per_dim = 0.5 * logvar + 0.5 * (z - mu).square() * torch.exp(-logvar)
+    return per_dim.flatten(1).sum(dim=1).mean()
+
+
+def low_density_loss(log_density: Tensor, threshold: Tensor | float) -> Tensor:
+    """Bad GAN's low-density term: the mean of ``log p(x) - threshold`` over the generated
+    images whose log density is above the threshold (0 when none is): G is pushed towards
+    regions that the density model finds unlikely."""
+    excess = (log_density - threshold).clamp_min(0.0)
+    count = (excess > 0).sum()
+    return excess.sum() / count.clamp_min(1)

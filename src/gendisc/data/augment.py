@@ -1,9 +1,11 @@
-"""Classical data augmentation of training batches: translation, small affine maps, flips.
+"""Data augmentation of training batches: translation, small affine maps, flips (the
+``augment=`` group), and FixMatch's strong view (torchvision's RandAugment, then Cutout).
 
-Hand-written with plain torch ops because torchvision is not a dependency, and so that each op
-transforms a whole batch at once on the device where the batch already is (no per-image Python
-work, no host round trip). Randomness comes from torch's global generator of that device, which
-gendisc seeds per rank and keeps in checkpoints, so augmented runs are seeded and resumable.
+The classical ops are written with plain torch ops so that each transforms a whole batch at
+once, every image its own draw, on the device where the batch already is (torchvision's v2
+transforms draw one set of parameters per batch tensor). Randomness comes from torch's global
+generator of that device, which gendisc seeds per rank and keeps in checkpoints, so augmented
+runs are seeded and resumable.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms import v2
 
 from gendisc.errors import ConfigError
 
@@ -220,3 +223,76 @@ class Augment(nn.Module):
         return {
             key: self(value) if key in self.keys(batch) else value for key, value in batch.items()
         }
+
+
+def cutout(images: Tensor, size: int, fill: float = 0.0) -> Tensor:
+    """Each image with one ``size`` x ``size`` square (centre uniform over the image, clipped at
+    the borders) set to ``fill`` (0: mid-grey in [-1, 1]), as FixMatch's Cutout. Hand-written:
+    torchvision's RandomErasing draws one box for a whole batch tensor."""
+    n, _, height, width = images.shape
+    device = images.device
+    centre_y = torch.randint(0, height, (n, 1, 1), device=device)
+    centre_x = torch.randint(0, width, (n, 1, 1), device=device)
+    rows = torch.arange(height, device=device).view(1, height, 1)
+    cols = torch.arange(width, device=device).view(1, 1, width)
+    low, high = size // 2, size - size // 2
+    inside = ((rows >= centre_y - low) & (rows < centre_y + high) & (cols >= centre_x - low)) & (
+        cols < centre_x + high
+    )
+    return images.masked_fill(inside.unsqueeze(1), fill)
+
+
+class RandAugmentCutout(nn.Module):
+    """FixMatch's strong augmentation: torchvision's RandAugment (``num_ops`` random ops per
+    image, each image its own ops and, with ``magnitude=null``, its own magnitude, uniform over
+    the bins as in FixMatch's RA), then Cutout of a square ``cutout`` x the image side.
+
+    Images in [-1, 1] are quantised to uint8 for RandAugment (its colour ops are defined on
+    pixel levels) and mapped back. The draws come from torch's global generator, which gendisc
+    seeds and keeps in checkpoints. Per-image ops run in a Python loop on the batch's device.
+    """
+
+    def __init__(
+        self,
+        num_ops: int = 2,
+        magnitude: int | None = None,
+        num_magnitude_bins: int = 31,
+        cutout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_ops < 0 or num_magnitude_bins < 2:
+            raise ConfigError(
+                f"num_ops={num_ops}, num_magnitude_bins={num_magnitude_bins}: need num_ops >= 0 "
+                "and at least 2 bins."
+            )
+        if magnitude is not None and not 0 <= magnitude < num_magnitude_bins:
+            raise ConfigError(
+                f"magnitude={magnitude}: a bin in [0, {num_magnitude_bins - 1}], or null (random "
+                "per image)."
+            )
+        if not 0.0 <= cutout <= 1.0:
+            raise ConfigError(f"cutout={cutout}: a fraction of the image side in [0, 1].")
+        self.magnitude = magnitude
+        self.num_magnitude_bins = int(num_magnitude_bins)
+        self.cutout = float(cutout)
+        self.randaugment = v2.RandAugment(
+            num_ops=int(num_ops),
+            magnitude=magnitude if magnitude is not None else 0,
+            num_magnitude_bins=self.num_magnitude_bins,
+            fill=0,
+        )
+
+    def extra_repr(self) -> str:
+        return f"magnitude={self.magnitude}, cutout={self.cutout}"
+
+    def forward(self, images: Tensor) -> Tensor:
+        """A strongly augmented copy of the (N, C, H, W) batch of images in [-1, 1]."""
+        levels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        out = []
+        for image in levels:
+            if self.magnitude is None:
+                self.randaugment.magnitude = int(torch.randint(0, self.num_magnitude_bins, ()))
+            out.append(self.randaugment(image))
+        strong = torch.stack(out).to(images.dtype) / 127.5 - 1.0
+        size = round(self.cutout * min(images.shape[-2:]))
+        return cutout(strong, size) if size > 0 else strong

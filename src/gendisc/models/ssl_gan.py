@@ -23,6 +23,7 @@ from gendisc.losses import (
     ssl_unsupervised_loss,
 )
 from gendisc.models.adversarial import AdversarialModule
+from gendisc.models.bad_gan import BadGANTerms
 from gendisc.nets.layers import data_dependent_init
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
@@ -53,6 +54,8 @@ class SSLGANModule(AdversarialModule):
         lr_decay_epochs: decay both learning rates linearly to 0 over the last N epochs.
         concat_d_pass: D's three batches as one pass (auto: when D has no batch-dependent
             layer; see ``AdversarialModule``).
+        bad_gan: null, or the Bad GAN terms' options (``gendisc.models.bad_gan.BadGANTerms``):
+            a complement generator (Dai et al. 2017).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class SSLGANModule(AdversarialModule):
         init_images: int = 500,
         lr_decay_epochs: int = 0,
         concat_d_pass: bool | str = "auto",
+        bad_gan: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -93,10 +97,13 @@ class SSLGANModule(AdversarialModule):
                 f"{GENERATOR_OBJECTIVES}"
             )
         self.save_hyperparameters(
-            ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
+            ignore=["discriminator", "generator", "d_optimizer", "g_optimizer", "bad_gan"]
         )
         self.discriminator = discriminator(in_shape=tuple(in_shape), num_classes=num_classes)
         self.generator = generator(out_shape=tuple(in_shape))
+        self.bad_gan = (
+            BadGANTerms(tuple(in_shape), self.generator.latent_dim, **bad_gan) if bad_gan else None
+        )
         self.d_optimizer_factory = d_optimizer
         self.g_optimizer_factory = g_optimizer
         self.generator_objective = generator_objective
@@ -133,6 +140,13 @@ class SSLGANModule(AdversarialModule):
         return self.generator(self.generator.sample_latent(count, device=self.device))
 
     # ------------------------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """The core's data-dependent init, then Bad GAN's density model and threshold."""
+        super().on_fit_start()
+        if self.bad_gan is not None:
+            datamodule = self.trainer.datamodule
+            self.bad_gan.load_density(lambda n: datamodule.unlabeled_sample(n, seed=2), self.device)
+
     def data_init(self, count: int) -> None:
         """D's layers from ``count`` unlabeled images (a fixed draw), G's from ``count`` latents."""
         images = self.trainer.datamodule.unlabeled_sample(count, seed=0)
@@ -156,6 +170,10 @@ class SSLGANModule(AdversarialModule):
         loss_lab = ssl_supervised_loss(logits_lab, y_lab)
         loss_unl = ssl_unsupervised_loss(logits_unl, logits_fake)
         d_loss = loss_lab + self.unlabeled_weight * loss_unl
+        bad_gan_stats = {}
+        if self.bad_gan is not None:
+            extra, bad_gan_stats = self.bad_gan.discriminator_term(logits_unl)
+            d_loss = d_loss + extra
         with torch.no_grad():
             stats = {
                 "train/loss_lab": loss_lab,
@@ -163,25 +181,43 @@ class SSLGANModule(AdversarialModule):
                 "train/acc": (logits_lab.argmax(1) == y_lab).float().mean(),
                 "train/d_real": torch.sigmoid(torch.logsumexp(logits_unl, 1)).mean(),
                 "train/d_fake": torch.sigmoid(torch.logsumexp(logits_fake, 1)).mean(),
+                **bad_gan_stats,
             }
         return d_loss, stats
 
     def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """The configured generator objective on a fresh generated batch."""
+        """The configured generator objective on a fresh generated batch (plus the Bad GAN
+        terms when ``bad_gan`` is set)."""
         x_real = batch.get("x_unl2", batch["x_unl"])
-        fake = self.sample(len(batch["x_unl"]))
+        z = self.generator.sample_latent(len(batch["x_unl"]), device=self.device)
+        fake = self.generator(z)
         if self.generator_objective == "feature_matching":
-            return self.feature_matching(
+            loss = self.feature_matching(
                 lambda x: self.discriminator.forward_with_features(x)[1], (fake,), (x_real,)
             )
-        logits_fake = self.discriminator(fake).float()
-        if self.generator_objective == "minimax":
-            return ssl_generator_minimax_loss(logits_fake)
-        return ssl_generator_nonsaturating_loss(logits_fake)
+        else:
+            logits_fake = self.discriminator(fake).float()
+            loss = (
+                ssl_generator_minimax_loss(logits_fake)
+                if self.generator_objective == "minimax"
+                else ssl_generator_nonsaturating_loss(logits_fake)
+            )
+        if self.bad_gan is None:
+            return loss
+        return loss + self.bad_gan.generator_term(
+            fake,
+            z,
+            features=lambda x: self.discriminator.forward_with_features(x)[1][self.feature_layer],
+            sample=self.sample,
+            epoch=self.current_epoch,
+        )
 
     def configure_optimizers(self) -> Any:
         d_optimizer = self.d_optimizer_factory(params=self.discriminator.parameters())
-        g_optimizer = self.g_optimizer_factory(params=self.generator.parameters())
+        g_parameters = list(self.generator.parameters())
+        if self.bad_gan is not None and self.bad_gan.encoder is not None:
+            g_parameters += list(self.bad_gan.encoder.parameters())  # trained with G
+        g_optimizer = self.g_optimizer_factory(params=g_parameters)
         if not self.lr_decay_epochs:
             return [d_optimizer, g_optimizer]
         total = self.trainer.max_epochs
