@@ -166,7 +166,7 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
     assert_accuracy_is_the_confusion_trace(metrics, tested)
 
 
-def test_default_run_writes_report(make_cfg, tmp_path):
+def test_default_run_writes_report(make_cfg, tmp_path, capsys):
     cfg = make_cfg(["model=classifier", *TINY])
     metrics = train(cfg)
     run = tmp_path / "run"
@@ -176,6 +176,8 @@ def test_default_run_writes_report(make_cfg, tmp_path):
         "test/precision",
         "test/recall",
         "test/f1",
+        "test/auroc",
+        "val/auroc",
         "time/fit_s",
         "time/train_samples_per_s",
         "mem/peak_mb",
@@ -202,6 +204,11 @@ def test_default_run_writes_report(make_cfg, tmp_path):
     assert len(logged) == 2
     assert metrics["val/acc"] == pytest.approx(logged[-1])
     assert metrics["val/acc_best"] == pytest.approx(max(logged))
+    # AUROC (macro one-vs-rest): above chance after 6 steps, returned, written and printed
+    assert 0.5 < report["test/auroc"] <= 1.0 and 0.5 < report["val/auroc"] <= 1.0
+    assert metrics["test/auroc"] == report["test/auroc"]
+    assert metrics["val/auroc"] == report["val/auroc"]
+    assert "test/auroc" in capsys.readouterr().out
 
 
 def test_the_baseline_learns_the_digits_far_above_chance(make_cfg):
@@ -419,6 +426,7 @@ def test_default_run_and_its_eval_record_their_provenance(make_cfg, tmp_path):
         ("val/precision", "max"),
         ("val/recall", "max"),
         ("val/auc", "max"),
+        ("val/auroc", "max"),
         ("val/elbo", "max"),
         ("gen/is", "max"),
         ("gen/cas", "max"),

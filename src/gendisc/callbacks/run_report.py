@@ -208,6 +208,7 @@ RESULT_KEYS = [
     "test/precision",
     "test/recall",
     "test/f1",
+    "test/auroc",
     "test/loss",
     "gen/fid",
     "gen/kid",

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
@@ -20,13 +21,20 @@ from torchmetrics.classification import (
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy and macro precision/recall/F1 (scalars)."""
+    """Accuracy, macro precision/recall/F1 and macro one-vs-rest AUROC (scalars).
+
+    Updated with class probabilities (softmax of the logits): AUROC ranks them, the others take
+    their argmax. With two classes the macro one-vs-rest AUROC is the usual binary AUC (both
+    classes' curves are the same curve).
+    """
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
+            # exact (thresholds=None): keeps the scores of the epoch, synced over ranks
+            "auroc": MulticlassAUROC(num_classes, average="macro", thresholds=None),
         }
     )
 
@@ -45,8 +53,8 @@ def per_class_metrics(num_classes: int) -> MetricCollection:
 class ClassifierEvaluation(LightningModule):
     """Validation and test for modules that classify with ``self.classify(x) -> logits``.
 
-    Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1`` each validation
-    epoch and the same under ``test/`` at test time, where per-class precision/recall and the
+    Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1``, ``val/auroc``
+    each validation epoch and the same under ``test/`` at test time, where per-class precision/recall and the
     confusion matrix are also computed (synced over ranks) and kept in ``self.test_results``
     for the report callback.
     """
@@ -87,7 +95,9 @@ class ClassifierEvaluation(LightningModule):
         images, labels = batch
         logits = self.classify(images)
         loss = F.cross_entropy(logits, labels)
-        metrics.update(logits, labels)
+        # probabilities, not logits: torchmetrics' AUROC would take logits that happen to lie
+        # in [0, 1] for probabilities
+        metrics.update(logits.float().softmax(dim=-1), labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         return logits
 

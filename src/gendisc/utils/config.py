@@ -29,7 +29,9 @@ def _unique_run_id() -> str:
 # metric names whose last recognised word (after the last "/", split on "_", "-", ".") is one
 # of these are minimised / maximised; any name containing "loss" is minimised
 MINIMISED = frozenset({"loss", "error", "err", "fid", "kid", "nll", "bpd"})
-MAXIMISED = frozenset({"acc", "accuracy", "f1", "precision", "recall", "auc", "elbo", "is", "cas"})
+MAXIMISED = frozenset(
+    {"acc", "accuracy", "f1", "precision", "recall", "auc", "auroc", "elbo", "is", "cas"}
+)
 MODES = ("min", "max")
 
 
