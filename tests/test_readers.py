@@ -212,7 +212,9 @@ def test_download_checks_the_published_md5(tmp_path, monkeypatch, http_mirror):
     assert not (tmp_path / "c").exists()  # downloaded and decompressed in the data folder
     wrong = [(n, "0" * 32 if n.startswith("train-images") else md5s[n]) for n in md5s]
     monkeypatch.setattr(tvd.MNIST, "resources", sorted(wrong))
-    with pytest.raises(DataError, match=r"could not be read.*download"):
+    with pytest.raises(
+        DataError, match=r"(?s)could not be downloaded.*corrupted.*data\.download=false"
+    ):
         read_mnist_family(tmp_path / "other", "MNIST", download=True)
 
 

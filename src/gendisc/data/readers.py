@@ -108,11 +108,21 @@ def _missing(dataset: str, expected: list[Path], extra: str = "") -> DataError:
     return DataError(f"{dataset} not found. Expected these files:\n{listing}\n{extra}{_WHERE_HINT}")
 
 
-def _unreadable(dataset: str, where: Path, exc: BaseException) -> DataError:
-    """The error for files that exist but that the library cannot use (or cannot download)."""
+def _unreadable(
+    dataset: str, where: Path, exc: BaseException, downloading: bool = False
+) -> DataError:
+    """The error for files that the library cannot use, or (``downloading``) cannot fetch."""
+    what = f"{type(exc).__name__}: {exc}".strip()
+    if downloading:
+        return DataError(
+            f"{dataset} could not be downloaded or read into {where} ({what}). Without a "
+            f"network, download it on a machine that has one and copy it to {where}, then run "
+            f"with `data.download=false`; or set `paths.data_dir=...` (or GENDISC_DATA_DIR) to "
+            f"the folder that already holds it."
+        )
     return DataError(
-        f"{dataset} could not be read from {where} ({type(exc).__name__}: {exc}). The files are "
-        f"corrupt, truncated or not the published ones: delete them and download them again "
+        f"{dataset} could not be read from {where} ({what}). The files are corrupt, truncated "
+        f"or not the published ones: delete them and download them again "
         f"(`data.download=true`), or copy them again from the original source."
     )
 
@@ -186,21 +196,23 @@ def read_mnist_family(
     root = Path(root).expanduser()
     raw = root / name / "raw"
     stems = [os.path.splitext(os.path.basename(f))[0] for f, _ in cls.resources]
-    read_root = root
+    read_root, fetch = root, False
     if all((raw / s).is_file() for s in stems):
         pass
     elif all((raw / f"{s}.gz").is_file() for s in stems):
         copy_root = Path(cache_dir).expanduser() if cache_dir else root
         read_root = _decompressed_copy(raw, stems, copy_root, name)
-    elif not download:
+    elif download:
+        fetch = True
+    else:
         expected = [raw / f"{s}.gz" for s in stems]
         raise _missing(name, expected, "(decompressed files without .gz are read too.)\n")
     splits = []
     for train in (True, False):
         try:
-            dataset = cls(str(read_root), train=train, download=download and read_root == root)
+            dataset = cls(str(read_root), train=train, download=fetch)
         except Exception as exc:  # the library's parse or download errors: RuntimeError, ...
-            raise _unreadable(name, read_root / name / "raw", exc) from exc
+            raise _unreadable(name, read_root / name / "raw", exc, fetch) from exc
         if len(dataset.data) != len(dataset.targets):
             raise _unreadable(
                 name,
@@ -230,7 +242,7 @@ def read_cifar10(root: str | Path, download: bool = False) -> ImageSplits:
         try:
             dataset = CIFAR10(str(root), train=train, download=download)
         except Exception as exc:
-            raise _unreadable("CIFAR-10", folder, exc) from exc
+            raise _unreadable("CIFAR-10", folder, exc, download) from exc
         splits.append((_nchw(dataset.data), _labels(dataset.targets)))
     (x_train, y_train), (x_test, y_test) = splits
     return ImageSplits(x_train, y_train, x_test, y_test, list(dataset.classes))
@@ -249,7 +261,7 @@ def read_svhn(root: str | Path, download: bool = False) -> ImageSplits:
         try:
             dataset = SVHN(str(folder), split=split, download=download)
         except Exception as exc:
-            raise _unreadable("SVHN", folder, exc) from exc
+            raise _unreadable("SVHN", folder, exc, download) from exc
         splits.append((np.ascontiguousarray(dataset.data, dtype=np.uint8), _labels(dataset.labels)))
     (x_train, y_train), (x_test, y_test) = splits
     return ImageSplits(x_train, y_train, x_test, y_test, [str(i) for i in range(10)])
@@ -333,6 +345,7 @@ def read_medmnist(
         )
     suffix = "" if size == 28 else f"_{size}"
     file = folder / f"{flag}{suffix}.npz"
+    download = download and not path and not file.is_file()  # as torchvision: a file there is used
     if not download and not file.is_file():
         raise _missing(
             f"MedMNIST {flag} ({size}px)", [file], f"(published at {info['url' + suffix]})\n"
@@ -346,7 +359,7 @@ def read_medmnist(
             arrays[f"{split}_images"] = _nchw(dataset.imgs)
             arrays[f"{split}_labels"] = _labels(dataset.labels)
         except Exception as exc:
-            raise _unreadable(f"MedMNIST {flag}", file, exc) from exc
+            raise _unreadable(f"MedMNIST {flag}", file, exc, download) from exc
         download = False  # fetched (and checked) once
     class_names = [info["label"][str(k)] for k in range(len(info["label"]))]
     return ImageSplits(class_names=class_names, **arrays)
