@@ -349,6 +349,7 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
     assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
+    assert metrics["class_names"][:2] == ["0 - zero", "1 - one"]  # torchvision's names
 
 
 def test_every_logger_works_offline_and_gets_the_figure(make_cfg, tmp_path):
