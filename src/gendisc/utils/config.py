@@ -198,6 +198,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "if_null", lambda value, fallback: fallback if value is None else value
         )
+    if not OmegaConf.has_resolver("unless_set"):  # ${unless_set:${a},b}: b, or null when a is set
+        OmegaConf.register_new_resolver(
+            "unless_set", lambda value, default: default if value is None else None
+        )
     if not OmegaConf.has_resolver("slurm_gpus"):
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
     if not OmegaConf.has_resolver("slurm_tasks"):
