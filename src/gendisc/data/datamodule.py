@@ -37,8 +37,8 @@ class FewLabelDataModule(LightningDataModule):
         val_size: validation images carved from the training set (count or fraction); None uses
             the dataset's official validation split (MedMNIST), or ``val_per_class``.
         val_per_class: labeled validation images per class, drawn from the training set after
-            the labeled ones with the same ``data_seed`` (needs ``val_size=None``, the configs' default when it is set); None: use
-            ``val_size``.
+            the labeled ones with the same ``data_seed`` (needs ``val_size=None``, the
+            configs' default when it is set); None: use ``val_size``.
         data_seed: seeds the permutation that picks validation and labeled images; independent
             of the training seed.
         batch_size: labeled images per training step.
