@@ -43,3 +43,16 @@ def test_logits_inside_zero_one_are_still_ranked_as_scores():
         labels.numpy(), logits.softmax(-1).numpy(), multi_class="ovr", average="macro"
     )
     assert _auroc(logits, labels) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_class_absent_from_the_targets_is_left_out_of_the_average():
+    # class 2 never occurs (a small validation set): the macro average is over classes 0 and 1,
+    # whose one-vs-rest AUROCs are sklearn's; torchmetrics alone would count class 2 as 0
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.5], [0.5, 0.2, 0.0], [0.0, 0.5, 2.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    probs = logits.softmax(-1).numpy()
+    per_class = [roc_auc_score(labels.numpy() == k, probs[:, k]) for k in (0, 1)]
+    assert _auroc(logits, labels) == pytest.approx(sum(per_class) / 2, abs=1e-6)
+    single = classification_metrics(3)
+    single.update(logits.softmax(-1), torch.zeros(4, dtype=torch.long))
+    assert torch.isnan(single.compute()["auroc"])  # one class only: no ROC curve at all

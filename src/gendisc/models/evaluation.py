@@ -18,6 +18,27 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.utilities import dim_zero_cat
+
+
+class MacroAUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC over the classes that have positives and negatives in the
+    targets (exact, ``thresholds=None``: the epoch's scores are kept and synced over ranks).
+
+    torchmetrics' own macro average counts a class absent from a small evaluation set as an
+    AUROC of 0; such a class has no ROC curve and is left out here (NaN when none has one).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes, average=None, thresholds=None)
+
+    def compute(self) -> Tensor:
+        per_class = super().compute()
+        counts = torch.bincount(dim_zero_cat(self.target).long(), minlength=self.num_classes)
+        defined = (counts > 0) & (counts < counts.sum())
+        if not defined.any():
+            return torch.tensor(float("nan"), device=per_class.device)
+        return per_class[defined].mean()
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -33,8 +54,7 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
-            # exact (thresholds=None): keeps the scores of the epoch, synced over ranks
-            "auroc": MulticlassAUROC(num_classes, average="macro", thresholds=None),
+            "auroc": MacroAUROC(num_classes),
         }
     )
 
