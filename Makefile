@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
+# torch and torchvision are built for each other: change them only as a pair
+TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 SHARED_DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
@@ -21,8 +22,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip wheel setuptools
-	$(BIN)/python -m pip install "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install -e ".[dev,notebook,sweep]"
+	$(BIN)/python -m pip install $(TORCH_PAIR) -e ".[dev,notebook,sweep]"
 	touch $(STAMP)
 
 setup: $(STAMP)

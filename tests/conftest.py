@@ -14,9 +14,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from gendisc.utils.config import PROJECT_ROOT
+from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
+register_resolvers()  # as gendisc.train does: the configs' ${data_dir:}, ${unless_set:...}, ...
 
 
 def assert_accuracy_is_the_confusion_trace(metrics: dict, tested: int) -> None:

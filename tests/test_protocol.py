@@ -196,3 +196,25 @@ def test_val_per_class_from_the_composed_config(make_cfg):
     dm = instantiate(cfg.data).load()
     assert dm.counts["data/val"] == 30 == dm.counts["data/labeled"]
     assert torch.bincount(dm.val_labels, minlength=10).tolist() == [3] * 10
+
+
+def test_val_per_class_typed_alone_replaces_the_default_val_size(make_cfg):
+    """`data.val_per_class=N` alone is enough: every default val_size gives way to it, while a
+    val_size typed beside it is still refused."""
+    from omegaconf import OmegaConf
+
+    from gendisc.utils.build import build
+
+    alone, _ = build(make_cfg(["data.val_per_class=10", "model=classifier"], name="alone"))
+    both = ["data.val_size=null", "data.val_per_class=10", "model=classifier"]
+    explicit, _ = build(make_cfg(both, name="explicit"))
+    assert alone.counts == explicit.counts and alone.counts["data/val"] == 100
+    assert np.array_equal(alone.split.labeled, explicit.split.labeled)
+    assert np.array_equal(alone.split.validation, explicit.split.validation)
+    assert make_cfg([], name="default").data.val_size == 200  # unchanged without it
+    for overrides in (["data=mnist"], ["experiment=salimans_mnist"], ["data=image_folder"]):
+        cfg = make_cfg([*overrides, "data.val_per_class=5"], name="other")
+        assert OmegaConf.select(cfg, "data.val_size") is None, overrides
+    refused = make_cfg(["data.val_size=100", "data.val_per_class=10"], name="refused")
+    with pytest.raises(ConfigError, match=r"data\.val_size=100 and data\.val_per_class=10"):
+        FewLabelDataModule(**{k: v for k, v in refused.data.items() if k != "_target_"})

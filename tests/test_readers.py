@@ -1,4 +1,4 @@
-"""Tests for gendisc.data.readers: built-in datasets, file formats and error messages."""
+"""Tests for gendisc.data.readers: the libraries' readers, file layouts and error messages."""
 
 from __future__ import annotations
 
@@ -8,22 +8,21 @@ import logging
 import os
 import pickle
 import struct
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torchvision.datasets as tvd
 from PIL import Image
 
-from gendisc.data import readers
 from gendisc.data.readers import (
     ImageSplits,
     read_cifar10,
     read_dataset,
     read_digits,
-    read_idx_dataset,
     read_image_folder,
     read_medmnist,
+    read_mnist_family,
     read_svhn,
 )
 from gendisc.errors import ConfigError, DataError
@@ -55,7 +54,7 @@ def test_digits_split_is_fixed_and_stratified():
     assert np.array_equal(s.test_labels, again.test_labels)
 
 
-# ---- IDX (MNIST family) -----------------------------------------------------------------------
+# ---- IDX (MNIST family, torchvision's classes) --------------------------------------------------
 
 
 def _need_real(name: str) -> Path:
@@ -64,34 +63,26 @@ def _need_real(name: str) -> Path:
     return DATA_DIR
 
 
-@pytest.fixture
-def warnings_log(monkeypatch, caplog):
-    """The readers' warnings, each file warned about afresh (not once per test session)."""
-    monkeypatch.setattr(readers, "_WARNED", set())
-    caplog.set_level(logging.WARNING, logger=readers.__name__)
-    return caplog
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_mnist_real_files(warnings_log):
-    s = read_idx_dataset(_need_real("MNIST"), "MNIST")
-    assert not warnings_log.records  # byte-identical to the published files: verified
+def test_mnist_real_files_are_read_through_a_cache(tmp_path):
+    before = sorted(os.listdir(_need_real("MNIST") / "MNIST" / "raw"))
+    s = read_mnist_family(DATA_DIR, "MNIST", cache_dir=tmp_path)
     _check_splits(s, 1, 28, 10)
     assert len(s.train_images) == 60000 and len(s.test_images) == 10000
     assert s.train_labels[0] == 5 and s.test_labels[0] == 7
+    assert s.class_names == tvd.MNIST.classes and s.class_names[0] == "0 - zero"
+    # the .gz files were decompressed into the cache, the data folder is untouched
+    assert (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 47040016
+    assert sorted(os.listdir(DATA_DIR / "MNIST" / "raw")) == before
 
 
-def test_fashion_mnist_real_files_via_dispatch(warnings_log):
-    s = read_dataset("fashion_mnist", _need_real("FashionMNIST"))
+def test_fashion_mnist_recompressed_files_via_dispatch(tmp_path):
+    # Debian's re-compressed .gz (other MD5s than upstream's): same data, read all the same
+    s = read_dataset("fashion_mnist", _need_real("FashionMNIST"), cache_dir=tmp_path)
     _check_splits(s, 1, 28, 10)
-    # Debian's re-compressed copies: other MD5s, same data; read with a warning per file
-    warned = " ".join(r.getMessage() for r in warnings_log.records)
-    for name in readers.IDX_MD5["FashionMNIST"]:
-        assert f"FashionMNIST/raw/{name} is not the published file" in warned
-    assert "data.download=true" in warned
     assert len(s.train_images) == 60000 and len(s.test_images) == 10000
     assert np.bincount(s.train_labels).tolist() == [6000] * 10
     assert s.class_names[0] == "T-shirt/top" and s.class_names[9] == "Ankle boot"
@@ -129,6 +120,28 @@ def test_idx_decompressed_files_are_read(tmp_path):
     assert s.class_names[0] == "o"
 
 
+def test_gz_files_are_decompressed_into_the_cache_once(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write_idx_set(data / "MNIST" / "raw", compress=True)
+    s = read_mnist_family(data, "MNIST", cache_dir=cache)
+    assert len(s.train_images) == 6 and s.train_labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert sorted(os.listdir(data / "MNIST" / "raw")) == sorted(
+        f"{stem}.gz" for stem in os.listdir(cache / "MNIST" / "raw")
+    )
+    copy = cache / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    made = copy.stat().st_mtime_ns
+    read_mnist_family(data, "MNIST", cache_dir=cache)
+    assert copy.stat().st_mtime_ns == made  # reused
+    # a newer .gz (files replaced by hand) is decompressed again
+    gz = data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(gzip.compress(_idx_bytes(np.array([9, 8, 7, 6]))))
+    os.utime(gz, ns=(made + 10**9, made + 10**9))
+    assert read_mnist_family(data, "MNIST", cache_dir=cache).test_labels.tolist() == [9, 8, 7, 6]
+    # without a cache folder: beside the .gz, as torchvision's own download leaves them
+    assert len(read_mnist_family(data, "MNIST").test_images) == 4
+    assert (data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -137,35 +150,14 @@ def test_idx_decompressed_files_are_read(tmp_path):
         lambda b: struct.pack(">I", 1234) + b[4:],  # wrong magic
     ],
 )
-def test_idx_corrupt_file_names_the_file(tmp_path, damage):
+def test_idx_corrupt_file_names_the_folder(tmp_path, damage):
     raw = tmp_path / "MNIST" / "raw"
     _write_idx_set(raw, compress=True)
     bad = raw / "train-images-idx3-ubyte.gz"
     bad.write_bytes(gzip.compress(damage(gzip.decompress(bad.read_bytes()))))
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*[Dd]elete") as info:
-        read_idx_dataset(tmp_path, "MNIST")
-    assert "the published one is f68b3c2dcbeaaa9fbdd348bbdeb94873" in str(info.value)
-    assert "data.download=true" in str(info.value)
-
-
-def test_hand_placed_files_with_other_checksums_are_read_with_a_warning(tmp_path, warnings_log):
-    raw = tmp_path / "KMNIST" / "raw"
-    _write_idx_set(raw, compress=True)
-    s = read_idx_dataset(tmp_path, "KMNIST")
-    assert len(s.train_images) == 6
-    assert len(warnings_log.records) == 4
-    message = warnings_log.records[0].getMessage()
-    assert str(raw / "train-images-idx3-ubyte.gz") in message
-    assert "the published one is bdb82020997e1d708af4cf47b453dcf7" in message
-    read_idx_dataset(tmp_path, "KMNIST")
-    assert len(warnings_log.records) == 4  # once per file and process
-
-
-def test_a_published_checksum_silences_the_warning(tmp_path, monkeypatch, warnings_log):
-    md5s = _write_idx_set(tmp_path / "MNIST" / "raw", compress=True)
-    monkeypatch.setitem(readers.IDX_MD5, "MNIST", md5s)
-    assert len(read_idx_dataset(tmp_path, "MNIST").test_labels) == 4
-    assert not warnings_log.records
+    with pytest.raises(DataError, match=r"MNIST could not be read from .*MNIST/raw.*delete") as e:
+        read_mnist_family(tmp_path, "MNIST", cache_dir=tmp_path / "cache")
+    assert "data.download=true" in str(e.value)
 
 
 def test_idx_truncated_gzip_stream(tmp_path):
@@ -174,15 +166,8 @@ def test_idx_truncated_gzip_stream(tmp_path):
     bad = raw / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:-12])
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz"):
-        read_idx_dataset(tmp_path, "MNIST")
-
-
-def test_idx_count_mismatch(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    _write_idx_set(raw)
-    (raw / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.arange(5) % 10))
-    with pytest.raises(DataError, match="6 images but"):
-        read_idx_dataset(tmp_path, "MNIST")
+        read_mnist_family(tmp_path, "MNIST", cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("t10k-labels-idx1-ubyte"))
 
 
 def test_missing_dataset_without_download(tmp_path):
@@ -193,78 +178,76 @@ def test_missing_dataset_without_download(tmp_path):
     for name in ("cifar10", "svhn"):
         with pytest.raises(DataError, match=r"paths\.data_dir"):
             read_dataset(name, tmp_path)
+    with pytest.raises(DataError, match=r"breastmnist\.npz"):
+        read_dataset("medmnist", tmp_path, medmnist_name="breastmnist")
 
 
-def test_mirrors_are_https():
-    urls = [*readers.IDX_MIRRORS.values(), readers.CIFAR10_URL, readers.SVHN_URL]
-    assert all(url.startswith("https://") for url in urls)
+@pytest.fixture
+def http_mirror(tmp_path):
+    """A folder served over http on localhost (torchvision downloads with urllib over http)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
 
 
-def test_download_from_mirror_is_verified(tmp_path, monkeypatch, warnings_log):
-    mirror = tmp_path / "mirror"
+def test_download_checks_the_published_md5(tmp_path, monkeypatch, http_mirror):
+    mirror, url = http_mirror
     md5s = _write_idx_set(mirror, compress=True)
-    monkeypatch.setitem(readers.IDX_MIRRORS, "MNIST", mirror.as_uri() + "/")
-    monkeypatch.setitem(readers.IDX_MD5, "MNIST", md5s)
-    s = read_idx_dataset(tmp_path / "data", "MNIST", download=True)
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
+    monkeypatch.setattr(tvd.MNIST, "resources", [(n, md5s[n]) for n, _ in tvd.MNIST.resources])
+    s = read_mnist_family(tmp_path / "data", "MNIST", download=True, cache_dir=tmp_path / "c")
     assert len(s.train_images) == 6
-    assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
-    assert not list((tmp_path / "data").rglob("*.part"))
-    assert not warnings_log.records
+    assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert not (tmp_path / "c").exists()  # downloaded and decompressed in the data folder
+    wrong = [(n, "0" * 32 if n.startswith("train-images") else md5s[n]) for n in md5s]
+    monkeypatch.setattr(tvd.MNIST, "resources", sorted(wrong))
+    with pytest.raises(
+        DataError, match=r"(?s)could not be downloaded.*corrupted.*data\.download=false"
+    ):
+        read_mnist_family(tmp_path / "other", "MNIST", download=True)
 
 
-def test_download_with_another_checksum_is_refused(tmp_path, monkeypatch):
-    mirror = tmp_path / "mirror"
-    md5s = _write_idx_set(mirror, compress=True)
-    monkeypatch.setitem(readers.IDX_MIRRORS, "MNIST", mirror.as_uri() + "/")
-    monkeypatch.setitem(readers.IDX_MD5, "MNIST", {**md5s, "train-images-idx3-ubyte.gz": "0" * 32})
-    with pytest.raises(DataError, match=r"MD5 [0-9a-f]{32}, not the published 0{32}") as info:
-        read_idx_dataset(tmp_path / "data", "MNIST", download=True)
-    assert "train-images-idx3-ubyte.gz" in str(info.value)
-    raw = tmp_path / "data" / "MNIST" / "raw"
-    assert not (raw / "train-images-idx3-ubyte.gz").exists()
-    assert not list(raw.rglob("*.part"))
+# ---- CIFAR-10 and SVHN (small files in the libraries' formats) --------------------------------
 
 
-def test_download_failure_says_where_to_put_files(tmp_path, monkeypatch):
-    monkeypatch.setitem(readers.IDX_MIRRORS, "MNIST", (tmp_path / "nowhere").as_uri() + "/")
-    with pytest.raises(DataError, match="failed") as info:
-        read_idx_dataset(tmp_path / "data", "MNIST", download=True)
-    msg = str(info.value)
-    assert "GENDISC_DATA_DIR" in msg and str(tmp_path / "data" / "MNIST" / "raw") in msg
-    assert not list((tmp_path / "data").rglob("*.part"))
-
-
-# ---- CIFAR-10 and SVHN (small fake files) -----------------------------------------------------
-
-
-def _fake_cifar(folder: Path) -> dict[str, str]:
-    """Six tiny CIFAR-10 batches in ``folder``; return {batch name: MD5}."""
+def _fake_cifar(monkeypatch, folder: Path) -> None:
+    """Six tiny CIFAR-10 batches and the meta file in ``folder``, their MD5s made the published
+    ones of torchvision's class."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name in readers.CIFAR10_BATCH_MD5:
-        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}
+    names = [n for n, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list]
+    for name in names:
+        # str keys: the published batches are Python 2 pickles, read with latin1
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
         (folder / name).write_bytes(pickle.dumps(batch))
-    return {f.name: _md5(f) for f in folder.iterdir()}
+    meta = {"label_names": [f"class{k}" for k in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    md5 = {f.name: _md5(f) for f in folder.iterdir()}
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[n, md5[n]] for n in names[:5]])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5["batches.meta"]})
 
 
 def test_cifar10_fake_batches(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
-    monkeypatch.setattr(readers, "CIFAR10_BATCH_MD5", _fake_cifar(folder))
+    _fake_cifar(monkeypatch, folder)
     s = read_cifar10(tmp_path)
     _check_splits(s, 3, 32, 10)
     assert len(s.train_images) == 20 and len(s.test_images) == 4
-    second = pickle.loads((folder / "data_batch_2").read_bytes())[b"data"]
+    assert s.test_labels.tolist() == [0, 1, 2, 9] and s.class_names[3] == "class3"
+    second = pickle.loads((folder / "data_batch_2").read_bytes())["data"]
     assert np.array_equal(s.train_images[4:8].reshape(4, -1), second)  # (N, 3072) -> (N, C, H, W)
-    archive = tmp_path / "mirror.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    monkeypatch.setattr(readers, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(readers, "CIFAR10_MD5", _md5(archive))
-    fresh = read_cifar10(tmp_path / "data", download=True)  # download, verify, extract
-    assert np.array_equal(fresh.test_images, s.test_images)
-    monkeypatch.setattr(readers, "CIFAR10_MD5", "0" * 32)
-    with pytest.raises(DataError, match=r"not the published 0{32}"):
-        read_cifar10(tmp_path / "other", download=True)
 
 
 class _Payload:
@@ -279,16 +262,16 @@ class _Payload:
 
 def test_cifar10_unpublished_pickle_is_never_unpickled(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
-    monkeypatch.setattr(readers, "CIFAR10_BATCH_MD5", _fake_cifar(folder))
+    _fake_cifar(monkeypatch, folder)
     marker = tmp_path / "code_ran"
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Payload(marker)}))
-    with pytest.raises(DataError, match=r"test_batch is not the published CIFAR-10 batch") as info:
+    with pytest.raises(DataError, match=r"CIFAR-10 could not be read.*corrupted") as info:
         read_cifar10(tmp_path)
     assert not marker.exists()
     assert "data.download=true" in str(info.value) and str(folder) in str(info.value)
 
 
-def _fake_svhn(folder: Path) -> dict[str, str]:
+def _fake_svhn(monkeypatch, folder: Path) -> None:
     from scipy.io import savemat
 
     folder.mkdir(parents=True)
@@ -296,75 +279,84 @@ def _fake_svhn(folder: Path) -> dict[str, str]:
     x[0, 1, 2, 1] = 200  # image 1, channel 2, row 0, column 1
     for split in ("train", "test"):
         savemat(folder / f"{split}_32x32.mat", {"X": x, "y": np.array([[10], [1], [9]])})
-    return {f.name: _md5(f) for f in folder.iterdir()}
+    split_list = {
+        split: [url, name, _md5(folder / name)]
+        for split, (url, name, _) in tvd.SVHN.split_list.items()
+        if (folder / name).is_file()
+    }
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
 
 
-def test_svhn_fake_mat(tmp_path, warnings_log):
-    _fake_svhn(tmp_path / "SVHN")
+def test_svhn_fake_mat(tmp_path, monkeypatch):
+    _fake_svhn(monkeypatch, tmp_path / "SVHN")
     s = read_svhn(tmp_path)
     _check_splits(s, 3, 32, 10)
-    assert s.train_labels.tolist() == [0, 1, 9]
+    assert s.train_labels.tolist() == [0, 1, 9]  # SVHN's 10 is the digit 0
     assert s.train_images[1, 2, 0, 1] == 200
-    assert "train_32x32.mat is not the published file" in warnings_log.text  # made here
     (tmp_path / "SVHN" / "test_32x32.mat").write_bytes(b"MATLAB 5.0 garbage")
-    with pytest.raises(DataError, match=r"test_32x32\.mat.*published one is eb5a983b.*[Dd]elete"):
+    with pytest.raises(DataError, match=r"SVHN could not be read from .*SVHN.*delete"):
         read_svhn(tmp_path)
 
 
-def test_svhn_download_is_verified(tmp_path, monkeypatch, warnings_log):
-    mirror = tmp_path / "mirror"
-    monkeypatch.setattr(readers, "SVHN_MD5", _fake_svhn(mirror))
-    monkeypatch.setattr(readers, "SVHN_URL", mirror.as_uri() + "/")
-    s = read_svhn(tmp_path / "data", download=True)
-    assert s.test_labels.tolist() == [0, 1, 9] and not warnings_log.records
+# ---- MedMNIST (the medmnist package's classes) --------------------------------------------------
 
 
-# ---- MedMNIST -----------------------------------------------------------------------------
-
-
-def _medmnist(path: Path, rgb: bool, drop: str | None = None, labels_cols: int = 1) -> Path:
+def _medmnist(path: Path, rgb: bool, classes: int = 9, labels_cols: int = 1) -> Path:
+    """A tiny file in MedMNIST's format (PathMNIST is RGB with 9 classes)."""
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", 8), ("val", 3), ("test", 4)):
         shape = (n, 28, 28, 3) if rgb else (n, 28, 28)
         arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
-        arrays[f"{split}_labels"] = rng.integers(0, 4, (n, labels_cols), dtype=np.uint8)
-    arrays["train_labels"][0] = 4  # so K = 5
-    if drop:
-        del arrays[drop]
+        arrays[f"{split}_labels"] = rng.integers(0, classes, (n, labels_cols), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
 
 
-@pytest.mark.parametrize("rgb", [False, True])
-def test_medmnist(tmp_path, rgb):
-    path = _medmnist(tmp_path / "x.npz", rgb)
-    s = read_medmnist(path)
-    _check_splits(s, 3 if rgb else 1, 28, 5)
-    assert s.val_images is not None and s.val_images.shape == (3, 3 if rgb else 1, 28, 28)
+def test_medmnist_by_name_and_by_path(tmp_path):
+    from medmnist import INFO
+
+    path = _medmnist(tmp_path / "medmnist" / "pathmnist.npz", rgb=True)
+    s = read_dataset("medmnist", tmp_path, medmnist_name="pathmnist")
+    _check_splits(s, 3, 28, 9)
+    assert s.class_names == [INFO["pathmnist"]["label"][str(k)] for k in range(9)]
+    assert s.val_images is not None and s.val_images.shape == (3, 3, 28, 28)
     assert s.val_labels is not None and s.val_labels.dtype == np.int64
     with np.load(path) as raw:
-        expected = raw["train_images"][2]
-    got = s.train_images[2]
-    assert np.array_equal(got.transpose(1, 2, 0) if rgb else got[0], expected)
-    assert np.array_equal(
-        read_dataset("medmnist", tmp_path, path=str(path)).test_labels, s.test_labels
-    )
+        assert np.array_equal(s.train_images[2].transpose(1, 2, 0), raw["train_images"][2])
+        assert np.array_equal(s.test_labels, raw["test_labels"][:, 0])
+    by_path = read_dataset("medmnist", "/nonexistent", path=str(path))
+    assert np.array_equal(by_path.test_images, s.test_images)
+    big = _medmnist(tmp_path / "elsewhere" / "breastmnist_64.npz", rgb=False, classes=2)
+    s64 = read_medmnist(path=big)  # the size is in the file's name
+    assert s64.train_images.shape[1:] == (1, 28, 28) and s64.class_names[0] == "malignant"
 
 
-def test_medmnist_errors(tmp_path):
-    with pytest.raises(DataError, match=r"val_labels"):
-        read_medmnist(_medmnist(tmp_path / "a.npz", False, drop="val_labels"))
-    corrupt = tmp_path / "b.npz"
-    corrupt.write_bytes(b"PK\x03\x04 garbage")
-    with pytest.raises(DataError, match=r"b\.npz.*train_images"):
-        read_medmnist(corrupt)
-    with pytest.raises(DataError, match="single-label"):
-        read_medmnist(_medmnist(tmp_path / "c.npz", False, labels_cols=14))
-    with pytest.raises(DataError, match=r"missing\.npz"):
-        read_medmnist(tmp_path / "missing.npz")
-    with pytest.raises(ConfigError, match=r"data\.path"):
+def test_medmnist_tasks_and_errors(tmp_path, caplog):
+    with pytest.raises(ConfigError, match=r"multi-label.*single-label"):
+        read_medmnist("chestmnist", tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.name=nomnist.*breastmnist"):
+        read_medmnist("nomnist", tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.name=<name>.*data\.path"):
         read_dataset("medmnist", tmp_path)
+    with pytest.raises(ConfigError, match=r"3D"):
+        read_medmnist("organmnist3d", tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.size=32.*\[28, 64, 128, 224\]"):
+        read_medmnist("breastmnist", tmp_path, size=32)
+    with pytest.raises(DataError, match=r"(?s)medmnist/breastmnist_64\.npz.*zenodo"):
+        read_medmnist("breastmnist", tmp_path, size=64)
+    with pytest.raises(ConfigError, match=r"x\.npz.*<name>\.npz"):
+        read_medmnist(path=_medmnist(tmp_path / "x.npz", rgb=False))
+    corrupt = tmp_path / "medmnist" / "dermamnist.npz"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(DataError, match=r"dermamnist\.npz.*delete"):
+        read_medmnist("dermamnist", tmp_path)
+    _medmnist(tmp_path / "medmnist" / "retinamnist.npz", rgb=True, classes=5)
+    caplog.set_level(logging.INFO, logger="gendisc.data.readers")
+    assert read_medmnist("retinamnist", tmp_path).num_classes == 5
+    assert "ordinal-regression task: treated as multi-class" in caplog.text
 
 
 # ---- image folder -------------------------------------------------------------------------

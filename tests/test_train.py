@@ -74,31 +74,44 @@ def test_default_config_composes_to_the_baseline_on_digits():
     assert cfg.logger.csv is not None and cfg.optimized_metric.startswith("val/")
 
 
-def write_fake_rgb_datasets(root: Path, per_class: int = 6) -> tuple[Path, dict[str, str]]:
-    """Tiny CIFAR-10 (python batches) and SVHN (.mat) files in their published layouts, and
-    the MD5 of each fake CIFAR-10 batch (gendisc unpickles only batches with a known MD5)."""
+def write_fake_rgb_datasets(root: Path, monkeypatch, per_class: int = 6) -> Path:
+    """Tiny CIFAR-10 (python batches) and SVHN (.mat) files in their published layouts, made
+    the published files of torchvision's classes (which read only files with a known MD5)."""
     import hashlib
     import pickle
 
     import numpy as np
+    import torchvision.datasets as tvd
     from scipy.io import savemat
+
+    def md5(path: Path) -> str:
+        return hashlib.md5(path.read_bytes()).hexdigest()
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), per_class)
     cifar = root / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
-    md5s = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
         data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
-        content = pickle.dumps({b"data": data, b"labels": labels.tolist()})
-        (cifar / name).write_bytes(content)
-        md5s[name] = hashlib.md5(content).hexdigest()
+        (cifar / name).write_bytes(pickle.dumps({"data": data, "labels": labels.tolist()}))
+    meta = {"label_names": [f"class{k}" for k in range(10)]}
+    (cifar / "batches.meta").write_bytes(pickle.dumps(meta))
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[n, md5(cifar / n)] for n in names[:5]])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5(cifar / "test_batch")]])
+    monkeypatch.setattr(
+        tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5(cifar / "batches.meta")}
+    )
     svhn = root / "SVHN"
     svhn.mkdir()
+    split_list = dict(tvd.SVHN.split_list)
     for split in ("train", "test"):
         images = rng.integers(0, 256, (32, 32, 3, 5 * len(labels)), dtype=np.uint8)
-        savemat(svhn / f"{split}_32x32.mat", {"X": images, "y": np.tile(labels + 1, 5)[:, None]})
-    return root, md5s
+        file = svhn / f"{split}_32x32.mat"
+        savemat(file, {"X": images, "y": np.tile(labels + 1, 5)[:, None]})
+        split_list[split] = [split_list[split][0], file.name, md5(file)]
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+    return root
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENT_PARAMS)
@@ -107,9 +120,7 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
     # for the auxiliary VAEs) cost seconds and test nothing more
     overrides = [f"experiment={experiment}", "debug=fdr", "data.eval_batch_size=100"]
     if any(name in experiment for name in ("cifar10", "svhn")):  # GPU-sized: fake tiny files
-        fake, md5s = write_fake_rgb_datasets(tmp_path / "fake_data")
-        # the fake batches stand in for the published ones (SVHN's differ only with a warning)
-        monkeypatch.setattr("gendisc.data.readers.CIFAR10_BATCH_MD5", md5s)
+        fake = write_fake_rgb_datasets(tmp_path / "fake_data", monkeypatch)
         overrides += [
             f"paths.data_dir={fake}",
             "data.labels_per_class=2",
@@ -171,7 +182,7 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
     assert_accuracy_is_the_confusion_trace(metrics, tested)
 
 
-def test_default_run_writes_report(make_cfg, tmp_path):
+def test_default_run_writes_report(make_cfg, tmp_path, capsys):
     cfg = make_cfg(["model=classifier", *TINY])
     metrics = train(cfg)
     run = tmp_path / "run"
@@ -181,6 +192,8 @@ def test_default_run_writes_report(make_cfg, tmp_path):
         "test/precision",
         "test/recall",
         "test/f1",
+        "test/auroc",
+        "val/auroc",
         "time/fit_s",
         "time/train_samples_per_s",
         "mem/peak_mb",
@@ -207,6 +220,11 @@ def test_default_run_writes_report(make_cfg, tmp_path):
     assert len(logged) == 2
     assert metrics["val/acc"] == pytest.approx(logged[-1])
     assert metrics["val/acc_best"] == pytest.approx(max(logged))
+    # AUROC (macro one-vs-rest): above chance after 6 steps, returned, written and printed
+    assert 0.5 < report["test/auroc"] <= 1.0 and 0.5 < report["val/auroc"] <= 1.0
+    assert metrics["test/auroc"] == report["test/auroc"]
+    assert metrics["val/auroc"] == report["val/auroc"]
+    assert "test/auroc" in capsys.readouterr().out
 
 
 def test_the_baseline_learns_the_digits_far_above_chance(make_cfg):
@@ -336,6 +354,7 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
     assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
+    assert metrics["class_names"][:2] == ["0 - zero", "1 - one"]  # torchvision's names
 
 
 def test_every_logger_works_offline_and_gets_the_figure(make_cfg, tmp_path):
@@ -424,6 +443,7 @@ def test_default_run_and_its_eval_record_their_provenance(make_cfg, tmp_path):
         ("val/precision", "max"),
         ("val/recall", "max"),
         ("val/auc", "max"),
+        ("val/auroc", "max"),
         ("val/elbo", "max"),
         ("gen/is", "max"),
         ("gen/cas", "max"),

@@ -21,6 +21,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gendisc.callbacks.logging_images import log_image
@@ -208,6 +209,7 @@ RESULT_KEYS = [
     "test/precision",
     "test/recall",
     "test/f1",
+    "test/auroc",
     "test/loss",
     "gen/fid",
     "gen/kid",
@@ -251,4 +253,24 @@ def print_results_table(
     for key in RESULT_KEYS:
         if any(key in run for run in runs):
             table.add_row(key, *[format_value(run.get(key, "")) for run in runs])
+    for key, value in per_class_rows(*runs):
+        table.add_row(escape(key), *value)  # class names are text, not rich markup
     Console().print(table)
+
+
+MAX_PER_CLASS_ROWS = 20  # classes; more would drown the table (metrics.json has them all)
+
+
+def per_class_rows(*runs: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Rows ``test/precision[<class name>]`` and ``test/recall[<class name>]`` for the runs'
+    per-class results, when every run has them for the same (at most 20) class names."""
+    names = [run.get("class_names") for run in runs]
+    if not names[0] or any(n != names[0] for n in names) or len(names[0]) > MAX_PER_CLASS_ROWS:
+        return []
+    rows = []
+    for metric in ("precision", "recall"):
+        key = f"test/{metric}_per_class"
+        if all(len(run.get(key) or []) == len(names[0]) for run in runs):
+            for k, name in enumerate(names[0]):
+                rows.append((f"test/{metric}[{name}]", [format_value(run[key][k]) for run in runs]))
+    return rows

@@ -1,4 +1,4 @@
-"""Data: readers of published dataset formats, the few-label protocol and the datamodule."""
+"""Data: readers (torchvision.datasets, medmnist), the few-label protocol and the datamodule."""
 
 from gendisc.data.datamodule import FewLabelDataModule
 from gendisc.data.protocol import LabelSplit, split_labels

@@ -27,13 +27,18 @@ class FewLabelDataModule(LightningDataModule):
             image_folder).
         data_dir: root folder of the downloadable datasets (``paths.data_dir``).
         path: the file (medmnist) or folder (image_folder) to read.
+        name: the MedMNIST dataset (a flag of ``medmnist.INFO``, e.g. ``breastmnist``), read from
+            ``<data_dir>/medmnist/`` (the package's root layout).
+        size: MedMNIST image size (28 or a MedMNIST+ size the dataset has: 64, 128, 224).
+        cache_dir: where the MNIST-like ``.gz`` files are decompressed for torchvision (None:
+            beside them).
         download: fetch missing files from the dataset's public mirror.
         labels_per_class: labeled examples per class, or None for all labels.
         val_size: validation images carved from the training set (count or fraction); None uses
             the dataset's official validation split (MedMNIST), or ``val_per_class``.
         val_per_class: labeled validation images per class, drawn from the training set after
-            the labeled ones with the same ``data_seed`` (needs ``val_size=None``); None: use
-            ``val_size``.
+            the labeled ones with the same ``data_seed`` (needs ``val_size=None``, the
+            configs' default when it is set); None: use ``val_size``.
         data_seed: seeds the permutation that picks validation and labeled images; independent
             of the training seed.
         batch_size: labeled images per training step.
@@ -56,6 +61,9 @@ class FewLabelDataModule(LightningDataModule):
         dataset: str = "digits",
         data_dir: str = "data",
         path: str | None = None,
+        name: str | None = None,
+        size: int | None = None,
+        cache_dir: str | None = None,
         download: bool = False,
         labels_per_class: int | None = 10,
         val_size: int | float | None = 200,
@@ -72,6 +80,9 @@ class FewLabelDataModule(LightningDataModule):
         self.dataset = dataset
         self.data_dir = data_dir
         self.path = path
+        self.name = name
+        self.size = size
+        self.cache_dir = cache_dir
         self.download = download
         self.labels_per_class = labels_per_class
         self.val_size = val_size
@@ -104,6 +115,9 @@ class FewLabelDataModule(LightningDataModule):
             root=Path(self.data_dir).expanduser(),
             download=self.download,
             path=self.path,
+            medmnist_name=self.name,
+            size=self.size,
+            cache_dir=self.cache_dir,
             **self.reader_options,
         )
 

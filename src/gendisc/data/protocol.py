@@ -43,8 +43,8 @@ def check_validation_settings(val_size: int | float | None, val_per_class: int |
     if val_size is not None and val_per_class is not None:
         raise ConfigError(
             f"data.val_size={val_size} and data.val_per_class={val_per_class} are both set: "
-            f"use one, e.g. data.val_size=null data.val_per_class={val_per_class} (or "
-            f"data.val_per_class=null to keep data.val_size)."
+            f"use one: data.val_per_class={val_per_class} without data.val_size (the default "
+            f"val_size then gives way), or data.val_per_class=null to keep data.val_size."
         )
 
 

@@ -12,21 +12,49 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.utilities import dim_zero_cat
+
+
+class MacroAUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC over the classes that have positives and negatives in the
+    targets (exact, ``thresholds=None``: the epoch's scores are kept and synced over ranks).
+
+    torchmetrics' own macro average counts a class absent from a small evaluation set as an
+    AUROC of 0; such a class has no ROC curve and is left out here (NaN when none has one).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes, average=None, thresholds=None)
+
+    def compute(self) -> Tensor:
+        per_class = super().compute()
+        counts = torch.bincount(dim_zero_cat(self.target).long(), minlength=self.num_classes)
+        defined = (counts > 0) & (counts < counts.sum())
+        if not defined.any():
+            return torch.tensor(float("nan"), device=per_class.device)
+        return per_class[defined].mean()
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy and macro precision/recall/F1 (scalars)."""
+    """Accuracy, macro precision/recall/F1 and macro one-vs-rest AUROC (scalars).
+
+    Updated with class probabilities (softmax of the logits): AUROC ranks them, the others take
+    their argmax. With two classes the macro one-vs-rest AUROC is the usual binary AUC (both
+    classes' curves are the same curve).
+    """
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
+            "auroc": MacroAUROC(num_classes),
         }
     )
 
@@ -45,8 +73,8 @@ def per_class_metrics(num_classes: int) -> MetricCollection:
 class ClassifierEvaluation(LightningModule):
     """Validation and test for modules that classify with ``self.classify(x) -> logits``.
 
-    Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1`` each validation
-    epoch and the same under ``test/`` at test time, where per-class precision/recall and the
+    Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1``, ``val/auroc``
+    each validation epoch and the same under ``test/`` at test time, where per-class precision/recall and the
     confusion matrix are also computed (synced over ranks) and kept in ``self.test_results``
     for the report callback.
     """
@@ -87,7 +115,9 @@ class ClassifierEvaluation(LightningModule):
         images, labels = batch
         logits = self.classify(images)
         loss = F.cross_entropy(logits, labels)
-        metrics.update(logits, labels)
+        # probabilities, not logits: torchmetrics' AUROC would take logits that happen to lie
+        # in [0, 1] for probabilities
+        metrics.update(logits.float().softmax(dim=-1), labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         return logits
 

@@ -29,7 +29,9 @@ def _unique_run_id() -> str:
 # metric names whose last recognised word (after the last "/", split on "_", "-", ".") is one
 # of these are minimised / maximised; any name containing "loss" is minimised
 MINIMISED = frozenset({"loss", "error", "err", "fid", "kid", "nll", "bpd"})
-MAXIMISED = frozenset({"acc", "accuracy", "f1", "precision", "recall", "auc", "elbo", "is", "cas"})
+MAXIMISED = frozenset(
+    {"acc", "accuracy", "f1", "precision", "recall", "auc", "auroc", "elbo", "is", "cas"}
+)
 MODES = ("min", "max")
 
 
@@ -195,6 +197,10 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("if_null"):  # ${if_null:${a},b}: a, or b when a is null
         OmegaConf.register_new_resolver(
             "if_null", lambda value, fallback: fallback if value is None else value
+        )
+    if not OmegaConf.has_resolver("unless_set"):  # ${unless_set:${a},b}: b, or null when a is set
+        OmegaConf.register_new_resolver(
+            "unless_set", lambda value, default: default if value is None else None
         )
     if not OmegaConf.has_resolver("slurm_gpus"):
         OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
