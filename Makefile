@@ -22,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip wheel setuptools
-	$(BIN)/python -m pip install $(TORCH_PAIR) -e ".[dev,notebook,sweep]"
+	$(BIN)/python -m pip install $(TORCH_PAIR) -e ".[dev,notebook,sweep,timm]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -31,7 +31,7 @@ class AugmentedClassifierModule(ClassifierModule):
     (a ``model=gan`` or ``model=vae`` checkpoint with ``conditional=true``), with labels drawn
     uniformly over the classes.
 
-    Args (besides the classifier's):
+    Args (``classifier_options``: the classifier's own, e.g. ``scheduler``, ``init_from``):
         generator_ckpt: the generator's checkpoint (read when fitting starts; not stored in
             this module's checkpoints, so evaluating them does not need it). When the file
             exists as the module is built, its stored config is checked then
@@ -49,25 +49,12 @@ class AugmentedClassifierModule(ClassifierModule):
         in_shape: Sequence[int],
         num_classes: int,
         class_names: list[str] | None = None,
-        scheduler: Callable[..., Any] | None = None,
-        init_from: str | None = None,
-        freeze_backbone: bool = False,
-        label_smoothing: float = 0.0,
         generator_ckpt: str | None = None,
         synthetic_ratio: float = 0.5,
         filter_threshold: float | None = None,
+        **classifier_options: Any,
     ) -> None:
-        super().__init__(
-            net,
-            optimizer,
-            in_shape,
-            num_classes,
-            class_names,
-            scheduler=scheduler,
-            init_from=init_from,
-            freeze_backbone=freeze_backbone,
-            label_smoothing=label_smoothing,
-        )
+        super().__init__(net, optimizer, in_shape, num_classes, class_names, **classifier_options)
         if not 0.0 <= synthetic_ratio < 1.0:
             raise ConfigError(f"model.synthetic_ratio={synthetic_ratio}: must be in [0, 1)")
         if filter_threshold is not None and not 0.0 <= filter_threshold <= 1.0:

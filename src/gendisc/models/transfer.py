@@ -6,10 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import nn
 
 from gendisc.checkpoints import read_checkpoint_state
 from gendisc.errors import ConfigError
+from gendisc.nets.weights import match_weights
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +36,16 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def _candidates(key: str) -> list[str]:
-    """Names a checkpoint key may have in a bare net: itself and with leading owners stripped."""
-    parts = key.split(".")
-    return [".".join(parts[i:]) for i in range(len(parts))]
-
-
 def load_backbone_weights(net: nn.Module, path: str | Path) -> TransferReport:
-    """Copy every backbone tensor of ``net`` that a checkpoint has under the same name and shape.
-
-    A checkpoint key matches a net key when it equals it after dropping leading owner names
-    (``net.``, ``discriminator.``, ``encoder.`` ...). EMA copies (keys containing ``ema``) are
-    preferred when the checkpoint has them, since they are the weights the run evaluated with.
-    """
+    """Copy every backbone tensor of ``net`` that a checkpoint has under the same name and shape
+    (``gendisc.nets.weights.match_weights``: leading owner names such as ``net.`` or
+    ``discriminator.`` dropped, EMA copies preferred)."""
     state = read_checkpoint_state(path)
-    report = TransferReport(source=str(path))
-    by_name: dict[str, Tensor] = {}
-    for key in sorted(state, key=lambda k: "ema" in k):  # EMA last, so it wins
-        for name in _candidates(key):
-            by_name[name] = state[key]
     own = net.state_dict()
-    update = {}
-    for name, tensor in own.items():
-        if name.startswith(HEAD_PREFIXES):
-            continue
-        source = by_name.get(name)
-        if source is None:
-            report.missing.append(name)
-        elif source.shape != tensor.shape:
-            report.shape_mismatch.append(f"{name} {tuple(source.shape)}->{tuple(tensor.shape)}")
-        else:
-            update[name] = source
-            report.loaded.append(name)
+    update, shape_mismatch, missing = match_weights(own, state, skip=HEAD_PREFIXES)
+    report = TransferReport(
+        source=str(path), loaded=list(update), shape_mismatch=shape_mismatch, missing=missing
+    )
     if not update:
         raise ConfigError(
             f"model.init_from={path}: no backbone weight matches this model by name and shape "
