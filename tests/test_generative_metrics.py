@@ -24,7 +24,7 @@ from gendisc.metrics import (
     score_samples,
 )
 from gendisc.metrics.generative import evaluate_images
-from gendisc.utils.images import make_grid, save_png
+from gendisc.utils.images import image_grid, save_png
 
 CONFIG = EvaluatorConfig(channels=(8, 16), epochs=0, min_steps=60)
 
@@ -238,13 +238,13 @@ def test_the_results_table_shows_precision_recall_density_coverage(tiny_cgan_run
         assert f"gen/{name} " in table, name
 
 
-def test_make_grid_layout(tmp_path):
+def test_image_grid_layout(tmp_path):
     images = torch.linspace(-1, 1, 6).view(6, 1, 1, 1).expand(6, 1, 28, 28)
-    grid = make_grid(images, nrow=3, padding=2)
+    grid = image_grid(images, nrow=3, padding=2)
     assert grid.shape == (2 * 30 + 2, 3 * 30 + 2, 3) and grid.dtype == np.uint8
     assert (grid[2:30, 2:30] == 0).all() and (grid[32:60, 62:90] == 255).all()
     assert (grid[0, :] == 255).all()  # padding
-    small = make_grid(torch.zeros(4, 3, 8, 8))  # 8x8 cells enlarged x4, square layout
+    small = image_grid(torch.zeros(4, 3, 8, 8))  # 8x8 cells enlarged x4, square layout
     assert small.shape == (2 * 34 + 2, 2 * 34 + 2, 3)
     path = save_png(small, tmp_path / "sub" / "grid.png")
     assert path.stat().st_size > 0

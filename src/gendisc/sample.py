@@ -18,7 +18,7 @@ from gendisc.errors import ConfigError
 from gendisc.models.sampling import sampler_for
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 from gendisc.utils.failures import exit_on_gendisc_error
-from gendisc.utils.images import make_grid, save_png, to_uint8
+from gendisc.utils.images import image_grid, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -58,7 +58,7 @@ def write_samples(
     output_dir.mkdir(parents=True, exist_ok=True)
     if nrow is None and sampler.conditional:
         nrow = sampler.num_classes if wanted is None else None
-    png = save_png(make_grid(images, nrow=nrow), output_dir / "samples.png")
+    png = save_png(image_grid(images, nrow=nrow), output_dir / "samples.png")
     npz = output_dir / "samples.npz"
     label_array = used.cpu().numpy() if used is not None else np.full(n, -1)
     np.savez_compressed(npz, images=to_uint8(images), labels=label_array.astype(np.int64))

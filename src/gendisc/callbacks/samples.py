@@ -12,7 +12,7 @@ from torch import Tensor
 from gendisc.callbacks.logging_images import log_image
 from gendisc.data.batches import to_unit_range
 from gendisc.models.sampling import Sampler, eval_mode, sampler_for
-from gendisc.utils.images import make_grid, save_png
+from gendisc.utils.images import image_grid, save_png
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class GenerativeSamples(Callback):
         for name, (images, nrow) in grids.items():
             if len(images) == 0:
                 continue
-            grid = make_grid(images, nrow=nrow)
+            grid = image_grid(images, nrow=nrow)
             paths.append(save_png(grid, self.output_dir / f"{name}{tag}.png"))
             log_image(trainer, f"gen/{name}", grid)
         self.written.extend(paths)

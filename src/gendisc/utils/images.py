@@ -1,5 +1,4 @@
-"""Image grids with numpy and PIL only: no torchvision wheel loads beside the pinned CPU torch
-(PyPI's torchvision 0.28.0 links libtorch_cuda.so), so ``make_grid`` is not available."""
+"""Image grids (``torchvision.utils.make_grid``) and PNG files of generated images."""
 
 from __future__ import annotations
 
@@ -8,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchvision.utils import make_grid
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -18,14 +19,15 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return scaled.round().to(torch.uint8).numpy()
 
 
-def make_grid(
+def image_grid(
     images: Tensor | np.ndarray,
     nrow: int | None = None,
     padding: int = 2,
     pad_value: int = 255,
     min_cell: int = 28,
 ) -> np.ndarray:
-    """An RGB uint8 grid (H, W, 3) of ``images`` laid out ``nrow`` per row (default: square).
+    """An RGB uint8 grid (H, W, 3) of ``images`` laid out ``nrow`` per row (default: square),
+    drawn by ``torchvision.utils.make_grid``.
 
     ``images``: a float tensor in [-1, 1] or a uint8 array, shape (N, C, H, W) with C = 1 or 3.
     Cells smaller than ``min_cell`` pixels are enlarged by an integer factor (nearest
@@ -34,25 +36,14 @@ def make_grid(
     array = to_uint8(images) if isinstance(images, Tensor) else np.asarray(images, np.uint8)
     if array.ndim != 4 or array.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1 or 3, H, W), got {array.shape}")
-    n, c, h, w = array.shape
-    if c == 1:
-        array = np.repeat(array, 3, axis=1)
+    batch = torch.from_numpy(array)
+    n, _, h, w = batch.shape
     scale = max(1, math.ceil(min_cell / max(min(h, w), 1)))
     if scale > 1:
-        array = array.repeat(scale, axis=2).repeat(scale, axis=3)
-        h, w = h * scale, w * scale
+        batch = F.interpolate(batch, scale_factor=scale, mode="nearest-exact")
     ncol = nrow or max(1, math.ceil(math.sqrt(n)))
-    nrows = max(1, math.ceil(n / ncol))
-    grid = np.full(
-        (nrows * (h + padding) + padding, ncol * (w + padding) + padding, 3),
-        pad_value,
-        dtype=np.uint8,
-    )
-    for index in range(n):
-        row, col = divmod(index, ncol)
-        top, left = padding + row * (h + padding), padding + col * (w + padding)
-        grid[top : top + h, left : left + w] = array[index].transpose(1, 2, 0)
-    return grid
+    grid = make_grid(batch, nrow=ncol, padding=padding, pad_value=pad_value)  # grey -> 3 channels
+    return grid.permute(1, 2, 0).contiguous().numpy()
 
 
 def save_png(grid: np.ndarray, path: str | Path) -> Path:
