@@ -89,3 +89,21 @@ def test_a_medmnist_file_by_path_reads_the_same_sets(tmp_path):
     dm = FewLabelDataModule(dataset="medmnist", path=path, **CASES[case]).load()
     assert _hashes(dm) == EXPECTED[case]
     assert dm.class_names == FewLabelDataModule(**source, **CASES[case]).load().class_names
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_data_configs_readers_read_the_same_sets(case, make_cfg, tmp_path):
+    """The same through the configs users compose: each names its reader (``data.reader``)."""
+    import hydra
+
+    source = _source(case)
+    dataset = "medmnist" if source["dataset"] == "medmnist" else source["dataset"]
+    overrides = [f"data={dataset}", f"data.cache_dir={tmp_path}", "data.download=false"]
+    if dataset == "medmnist":
+        overrides.append("data.name=breastmnist")
+    for key, value in CASES[case].items():
+        overrides.append(f"data.{key}={'null' if value is None else value}")
+    cfg = make_cfg(overrides)
+    assert cfg.data.reader._target_.startswith("gendisc.data.readers.read_")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all").load()
+    assert _hashes(dm) == EXPECTED[case]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import Tensor
 from gendisc.data.augment import Augment
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
 from gendisc.data.protocol import LabelSplit, check_validation_settings, split_labels
-from gendisc.data.readers import SPLIT_ARRAYS, ImageSplits, read_dataset
+from gendisc.data.readers import SPLIT_ARRAYS, ImageSplits, call_reader, read_dataset
 from gendisc.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,12 @@ class FewLabelDataModule(LightningDataModule):
     """Holds a dataset in memory and serves the few-label protocol.
 
     Args:
-        dataset: reader name (digits, mnist, fashion_mnist, kmnist, cifar10, svhn, medmnist,
-            image_folder).
+        dataset: the dataset's name (run folders, reports, caches).
+        reader: the function that reads it (a partial from the data config: ``conf/data/*.yaml``
+            name theirs, e.g. ``gendisc.data.readers.read_mnist_family``), returning an
+            :class:`~gendisc.data.readers.ImageSplits`; it is called with those of ``root``
+            (``data_dir``), ``download``, ``cache_dir`` and ``path`` that it takes. None: the
+            built-in dataset called ``dataset`` (configs stored before readers were named).
         data_dir: root folder of the downloadable datasets (``paths.data_dir``).
         path: the file (medmnist) or folder (image_folder) to read.
         name: the MedMNIST dataset (a flag of ``medmnist.INFO``, e.g. ``breastmnist``), read from
@@ -46,7 +51,8 @@ class FewLabelDataModule(LightningDataModule):
         eval_batch_size: images per validation/test batch.
         device_memory_mb: keep the uint8 dataset on the training accelerator when it needs less
             than this; batches are then sliced there with no host-to-device copies.
-        reader_options: extra keyword arguments for the reader (image_size, grayscale, ...).
+        reader_options: extra keyword arguments of a built-in reader chosen by ``dataset``
+            (configs stored before readers were named; a config with ``reader`` binds them there).
         augment: classical augmentation of the training batches (``augment=`` config group),
             applied on the training device after the transfer; never to validation or test.
 
@@ -59,6 +65,7 @@ class FewLabelDataModule(LightningDataModule):
     def __init__(
         self,
         dataset: str = "digits",
+        reader: Callable[..., ImageSplits] | None = None,
         data_dir: str = "data",
         path: str | None = None,
         name: str | None = None,
@@ -78,6 +85,7 @@ class FewLabelDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.dataset = dataset
+        self.reader = reader
         self.data_dir = data_dir
         self.path = path
         self.name = name
@@ -110,9 +118,19 @@ class FewLabelDataModule(LightningDataModule):
             self._read()
 
     def _read(self) -> ImageSplits:
+        root = Path(self.data_dir).expanduser()
+        if self.reader is not None:
+            return call_reader(
+                self.reader,
+                self.dataset,
+                root=root,
+                download=self.download,
+                cache_dir=self.cache_dir,
+                path=self.path,
+            )
         return read_dataset(
             self.dataset,
-            root=Path(self.data_dir).expanduser(),
+            root=root,
             download=self.download,
             path=self.path,
             medmnist_name=self.name,

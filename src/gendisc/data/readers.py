@@ -17,11 +17,13 @@ layout), so a read-only data folder is never written to, and the class reads tha
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ __all__ = [
     "DATASET_NAMES",
     "SPLIT_ARRAYS",
     "ImageSplits",
+    "call_reader",
     "medmnist_2d_names",
     "read_cifar10",
     "read_dataset",
@@ -517,6 +520,25 @@ def read_image_folder(
 # dispatch
 
 
+def call_reader(reader: Callable[..., ImageSplits], dataset: str, **context: Any) -> ImageSplits:
+    """``reader`` (a dataset config's ``reader``) called with the entries of ``context``
+    (``root``, ``download``, ``cache_dir``, ``path``) that its signature takes, so that a reader
+    states only what it needs; its result must be an :class:`ImageSplits`."""
+    try:
+        parameters = dict(inspect.signature(reader).parameters)
+    except (TypeError, ValueError):  # no signature to read: give it everything
+        parameters = None
+    takes_all = parameters is None or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    given = {k: v for k, v in context.items() if takes_all or k in parameters}
+    splits = reader(**given)
+    if not isinstance(splits, ImageSplits):
+        raise DataError(
+            f"data={dataset}: its reader returned {type(splits).__name__}, not ImageSplits "
+            "(uint8 images (N, C, H, W), int64 labels, class names): see README 'Add a dataset'."
+        )
+    return splits
+
+
 def read_dataset(
     name: str,
     root: str | Path,
@@ -528,7 +550,8 @@ def read_dataset(
     cache_dir: str | Path | None = None,
     **kwargs: Any,
 ) -> ImageSplits:
-    """Read the dataset called ``name`` (one of DATASET_NAMES) from under ``root``.
+    """Read the built-in dataset called ``name`` (one of DATASET_NAMES) from under ``root``:
+    what a data config without a ``reader`` (stored before readers were named) reads.
 
     ``path`` is the file (medmnist) or folder (image_folder) to read; ``medmnist_name`` and
     ``size`` pick a MedMNIST dataset by name; ``cache_dir`` holds decompressed copies of the
