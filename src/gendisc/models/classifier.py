@@ -22,7 +22,8 @@ class ClassifierModule(ClassifierEvaluation):
         net: partial of a classifier net, called with ``in_shape`` and ``num_classes``.
         optimizer: partial of a torch optimizer, called with the trainable parameters.
         scheduler: optional partial of a torch lr scheduler (stepped each epoch).
-        in_shape, num_classes, class_names: filled in from the datamodule by ``train``.
+        in_shape, num_classes, class_names: filled in from the datamodule by
+            ``gendisc.utils.build.build``.
         init_from: checkpoint to copy matching backbone weights from (transfer learning).
         freeze_backbone: train only the head (and minibatch-discrimination layer, if any);
             the backbone's batch-norm statistics and dropout stay in eval mode meanwhile.

@@ -157,7 +157,7 @@ def _select(config: dict, dotted: str) -> Any:
     return node
 
 
-def _plain(value: Any) -> Any:
+def _unless_interpolation(value: Any) -> Any:
     """A config value, or None when it is an unresolved interpolation."""
     return None if isinstance(value, str) and "${" in value else value
 
@@ -205,13 +205,13 @@ def read_table_run(run_dir: Path, spec: TableSpec) -> tuple[dict[str, Any], pd.D
     completed = row["status"] == "completed"
     lines = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
     out: dict[str, Any] = {
-        "task_name": _plain(config.get("task_name")),
-        "labels_per_class": _plain(_select(config, "data.labels_per_class")),
-        "data_seed": row.get("data_seed", _plain(_select(config, "data.data_seed"))),
+        "task_name": _unless_interpolation(config.get("task_name")),
+        "labels_per_class": _unless_interpolation(_select(config, "data.labels_per_class")),
+        "data_seed": row.get("data_seed", _unless_interpolation(_select(config, "data.data_seed"))),
         "variant": spec.variant(choices.get(spec.column_group)),
         "precision": row.get("run/precision") or str(_select(config, "trainer.precision")),
         "labels": row.get("data/labeled"),
-        "max_epochs": _plain(_select(config, "trainer.max_epochs")),
+        "max_epochs": _unless_interpolation(_select(config, "trainer.max_epochs")),
         "epochs": row.get("epochs") if completed else len(curve),
         "overrides": " ".join(str(line) for line in lines),
         "run_dir": str(run_dir),
@@ -229,7 +229,7 @@ def read_table_run(run_dir: Path, spec: TableSpec) -> tuple[dict[str, Any], pd.D
         tested = int(row["data/test"])
         errors = round((1.0 - float(tested_acc)) * tested)
         out.update({"test/errors": errors, "test/error_pct": 100.0 * errors / tested})
-    out["tested"] = "last" if "test_last/acc" in row else _plain(config.get("test_ckpt"))
+    out["tested"] = "last" if "test_last/acc" in row else _unless_interpolation(config.get("test_ckpt"))
     for key, value in row.items():
         if key not in out and key not in ("error_type",):
             out[key] = value

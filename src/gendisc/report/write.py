@@ -130,8 +130,3 @@ def write_report(
     written["report.md"] = out / "report.md"
     written["report.md"].write_text("\n".join(lines) + "\n")
     return written
-
-
-def load_table(path: str | Path) -> pd.DataFrame:
-    """A report.csv read back (group keys and metric columns as written)."""
-    return pd.read_csv(path)
