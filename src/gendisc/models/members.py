@@ -1,0 +1,348 @@
+"""Members: several ssl_gan runs that differ only in their data and seed, trained as one model.
+
+Each member is an ordinary run, built and data-initialised by the ordinary code
+(``SSLGANModule``, its datamodule, ``data_init`` with its own seed), then copied into batched
+nets whose parameters carry a leading member dimension (``gendisc.nets.batched``). Training
+steps every member at once: one batched pass of D over all members' labeled, unlabeled and
+generated batches, one backward of the sum of the members' losses (member i's gradient is its
+own loss's), one ``d_optimizer`` over the stacked tensors (N independent Adams: the update is
+element-wise), one EMA over them; then the same for G. Member i keeps its labeled set, its
+batches (its own datamodule's loader), its initialisation, its optimiser moments and EMA.
+
+Random streams (``rng``):
+- ``member`` (default): every member draws its latents and Gaussian noise from its own
+  generator, which continues the run's global random stream after its build and data init,
+  with the same shapes in the same order as the single run: on the CPU each member then
+  equals its separate run up to float rounding (tests/test_members.py);
+- ``shared``: one draw of shape (N, ...) per tensor from the device's default generator (seeded
+  by the first member's seed): independent members, N times fewer kernels (faster on a GPU),
+  but not the single runs' draws.
+
+At the end ``unstack()`` copies each member back into its own ``SSLGANModule`` (weights, the
+EMA, the generator's batch-norm statistics), which is tested and reported like a single run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from gendisc.errors import ConfigError
+from gendisc.guards import NonFiniteLossError
+from gendisc.models.ssl_gan import SSLGANModule
+from gendisc.nets.batched import BatchedSalimansD, BatchedSalimansG
+from gendisc.nets.ema import ExponentialMovingAverage
+from gendisc.nets.layers import mark_initialized, needs_data_init
+
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "Member", "MemberGroup", "RNG_MODES", "prepare_member"]
+
+RNG_MODES = ("member", "shared")
+# optimisers whose update of a stacked tensor is N independent updates (element-wise maths,
+# one step count per tensor; no norm or statistic over a whole tensor)
+ELEMENTWISE_OPTIMIZERS = ("AdamEpsInsideSqrt", "Adam", "AdamW", "SGD", "RMSprop")
+
+
+@dataclass
+class Member:
+    """One run of a group: its module, its datamodule, its training loader and random stream."""
+
+    module: SSLGANModule
+    datamodule: L.LightningDataModule
+    loader: Any
+    seed: int
+    rng_state: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def prepare_member(
+    module: SSLGANModule, datamodule: L.LightningDataModule, seed: int, device: torch.device
+) -> Member:
+    """What a single run does between its build (seeded with ``seed``, done by the caller just
+    before) and its first step: the training loader (seeded from the global seed, as
+    ``train_dataloader`` is), the module on ``device``, the data-dependent init and the EMA
+    restart of ``on_fit_start``; then the global random state, which the member continues."""
+    if not isinstance(module, SSLGANModule):
+        raise ConfigError(
+            f"members: model {type(module).__name__} is not supported; members train "
+            "model=ssl_gan (the Salimans MNIST nets; ablation=no_unlabeled is the labels-only arm)"
+        )
+    loader = datamodule.train_dataloader()
+    module.to(device)
+    nets = (module.discriminator, module.generator)
+    if not module.init_images:
+        for net in nets:
+            mark_initialized(net)
+    elif any(needs_data_init(net) for net in nets):
+        module._trainer = _DataOnly(datamodule)  # data_init reads trainer.datamodule only
+        try:
+            module.data_init(module.init_images)
+        finally:
+            module._trainer = None
+        for ema, net in module.emas():
+            ema.reset(net)
+    state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    return Member(module, datamodule, loader, seed, state)
+
+
+class _DataOnly:
+    """Stands in for the Trainer where a module only reads ``trainer.datamodule``."""
+
+    def __init__(self, datamodule: L.LightningDataModule) -> None:
+        self.datamodule = datamodule
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, name: str) -> None:
+    if type(optimizer).__name__ not in ELEMENTWISE_OPTIMIZERS:
+        raise ConfigError(
+            f"members: model.{name} is {type(optimizer).__name__}, whose update of stacked "
+            f"tensors may mix members; use one of {ELEMENTWISE_OPTIMIZERS}"
+        )
+
+
+class MemberGroup:
+    """N prepared members trained as one model (see the module docstring).
+
+    Args:
+        members: from ``prepare_member``, built from configs that differ only in
+            ``seed``, ``data.data_seed``, ``data.labels_per_class`` and
+            ``model.unlabeled_weight`` (the caller checks that).
+        device: where the batched nets train.
+        rng: ``member`` or ``shared`` (module docstring).
+    """
+
+    def __init__(
+        self, members: Sequence[Member], device: torch.device | str = "cpu", rng: str = "member"
+    ) -> None:
+        if not members:
+            raise ConfigError("members: no runs to train")
+        if rng not in RNG_MODES:
+            raise ConfigError(f"members.rng={rng!r}: choose one of {RNG_MODES}")
+        self.members = list(members)
+        self.device = torch.device(device)
+        self.rng = rng
+        first = self.members[0].module
+        modules = [m.module for m in self.members]
+        if first.generator_objective != "feature_matching":
+            raise ConfigError(
+                "members: model.generator_objective must be feature_matching (the paper's); "
+                "train the other objectives one run at a time"
+            )
+        self.d = BatchedSalimansD([m.discriminator for m in modules]).to(self.device)
+        self.g = BatchedSalimansG([m.generator for m in modules]).to(self.device)
+        self.d_ema = (
+            ExponentialMovingAverage(self.d, first.d_ema.decay, first.d_ema.warmup)
+            if first.d_ema is not None
+            else None
+        )
+        self.g_ema = (
+            ExponentialMovingAverage(self.g, first.g_ema.decay, first.g_ema.warmup)
+            if first.g_ema is not None
+            else None
+        )
+        self.d_optimizer = first.d_optimizer_factory(params=self.d.parameters())
+        self.g_optimizer = first.g_optimizer_factory(params=self.g.parameters())
+        _check_optimizer(self.d_optimizer, "d_optimizer")
+        _check_optimizer(self.g_optimizer, "g_optimizer")
+        self.unlabeled_weight = torch.tensor(
+            [float(m.unlabeled_weight) for m in modules], device=self.device
+        )
+        self.generators: list[torch.Generator] = []
+        if rng == "member":
+            for member in self.members:
+                generator = torch.Generator(self.device)
+                generator.set_state(member.rng_state)
+                self.generators.append(generator)
+        else:
+            self.generators.append(torch.Generator(self.device).manual_seed(self.members[0].seed))
+        self.uniform_latent = self.g.latent_distribution == "uniform"
+        self.global_step = 0
+        self.epochs = 0
+        self.fit_seconds = 0.0
+        self.train_images = 0
+
+    # ------------------------------------------------------------------------------ drawing
+    def draw(self, shape: tuple[int, ...], kind: str) -> Tensor:
+        """(N, *shape) standard normal noise (``noise``) or latents (``latent``), each member's
+        slice from its own generator (``rng=member``) or one draw for all (``shared``)."""
+        uniform = kind == "latent" and self.uniform_latent
+        sample = torch.rand if uniform else torch.randn
+        if self.rng == "shared":
+            n = len(self.members)
+            return sample((n, *shape), device=self.device, generator=self.generators[0])
+        return torch.stack(
+            [sample(shape, device=self.device, generator=g) for g in self.generators]
+        )
+
+    # ----------------------------------------------------------------------------- training
+    def _batches(self, steps: int) -> Iterator[dict[str, Tensor]]:
+        """Each step's batches of every member, stacked along dim 0: (N, B, ...)."""
+        iterators = [iter(m.loader) for m in self.members]
+        for _ in range(steps):
+            parts = [next(it) for it in iterators]
+            yield {
+                key: torch.stack([p[key] for p in parts]).to(self.device, non_blocking=True)
+                for key in parts[0]
+            }
+
+    def step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """One D update of every member, then (on G's turn) the G updates; the members' losses
+        (N,) and statistics, as ``AdversarialModule.training_step`` computes them."""
+        first = self.members[0].module
+        x_lab, y_lab, x_unl = batch["x"].flatten(2), batch["y"], batch["x_unl"].flatten(2)
+        b_lab, b_unl = x_lab.shape[1], x_unl.shape[1]
+        with torch.no_grad():
+            fake = self.g(self.draw((b_unl, self.g.latent_dim), "latent"))
+        logits = self.d(torch.cat([x_lab, x_unl, fake], dim=1), self.draw)[0].float()
+        logits_lab, logits_unl, logits_fake = (
+            part.contiguous() for part in logits.split([b_lab, b_unl, b_unl], dim=1)
+        )
+        lse_lab = torch.logsumexp(logits_lab, dim=2)
+        l_y = logits_lab.gather(2, y_lab.long().unsqueeze(2)).squeeze(2)
+        loss_lab = -l_y.mean(1) + lse_lab.mean(1)
+        lse_unl, lse_fake = torch.logsumexp(logits_unl, 2), torch.logsumexp(logits_fake, 2)
+        softplus = torch.nn.functional.softplus
+        loss_unl = (
+            -0.5 * lse_unl.mean(1)
+            + 0.5 * softplus(lse_unl).mean(1)
+            + 0.5 * softplus(lse_fake).mean(1)
+        )
+        d_loss = loss_lab + self.unlabeled_weight * loss_unl
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.sum().backward()
+        self.d_optimizer.step()
+        if self.d_ema is not None:
+            self.d_ema.update(self.d)
+        stats = {"train/d_loss": d_loss.detach(), "train/loss_lab": loss_lab.detach()}
+        stats["train/loss_unl"] = loss_unl.detach()
+        stats["train/acc"] = (logits_lab.argmax(2) == y_lab).float().mean(1)
+
+        if batch_idx % first.d_steps_per_g_step == 0:
+            trainable = [p for p in self.d.parameters() if p.requires_grad]
+            for p in trainable:
+                p.requires_grad_(False)
+            try:
+                x_real = batch.get("x_unl2", batch["x_unl"]).flatten(2)
+                norms = self.d.norms()
+                for _ in range(first.g_steps_per_d_step):
+                    g_loss = self._generator_loss(x_real, b_unl, norms, first)
+                    self.g_optimizer.zero_grad(set_to_none=True)
+                    g_loss.sum().backward()
+                    self.g_optimizer.step()
+                    if self.g_ema is not None:
+                        self.g_ema.update(self.g)
+            finally:
+                for p in trainable:
+                    p.requires_grad_(True)
+            stats["train/g_loss"] = g_loss.detach()
+        return stats
+
+    def _generator_loss(
+        self, x_real: Tensor, count: int, norms: list[Tensor], first: SSLGANModule
+    ) -> Tensor:
+        """Feature matching per member (N,): ``feature_matching_loss`` over dim 1."""
+        fake = self.g(self.draw((count, self.g.latent_dim), "latent"))
+        fake_features = self.d(fake, self.draw, norms)[1][first.feature_layer].float()
+        with torch.no_grad():
+            real_features = self.d(x_real, self.draw, norms)[1][first.feature_layer].float()
+        d = fake_features.mean(1) - real_features.mean(1)
+        per_feature = d.square() if first.feature_norm == "l2" else d.abs()
+        return per_feature.mean(1)
+
+    def _schedulers(self, max_epochs: int) -> list[torch.optim.lr_scheduler.LambdaLR]:
+        """The linear decay of ``SSLGANModule.configure_optimizers`` (``lr_decay_epochs``)."""
+        decay = self.members[0].module.lr_decay_epochs
+        if not decay:
+            return []
+        start = max(max_epochs - decay, 0)
+
+        def factor(epoch: int) -> float:
+            return min(1.0, max(0.0, (max_epochs - epoch) / max(max_epochs - start, 1)))
+
+        return [
+            torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            for opt in (self.d_optimizer, self.g_optimizer)
+        ]
+
+    def fit(self, max_epochs: int, steps_per_epoch: int | None = None, max_steps: int = -1) -> None:
+        """Train every member for ``max_epochs`` epochs of ``steps_per_epoch`` steps (default:
+        the loader's length, as ``trainer.limit_train_batches`` cuts it), stopping after
+        ``max_steps`` steps in all when positive; the last epoch's mean statistics per member
+        go to ``Member.stats``. A member's NaN/inf loss stops the group (checked each epoch)."""
+        self.d.train()
+        self.g.train()
+        schedulers = self._schedulers(max_epochs)
+        length = len(self.members[0].loader)
+        steps_per_epoch = min(steps_per_epoch or length, length)
+        start = time.perf_counter()
+        for _ in range(max_epochs):
+            if 0 < max_steps <= self.global_step:
+                break
+            steps = steps_per_epoch
+            if max_steps > 0:
+                steps = min(steps, max_steps - self.global_step)
+            sums: dict[str, Tensor] = {}
+            counts: dict[str, int] = {}
+            for batch_idx, batch in enumerate(self._batches(steps)):
+                stats = self.step(batch, batch_idx)
+                for key, value in stats.items():
+                    sums[key] = sums[key] + value if key in sums else value.clone()
+                    counts[key] = counts.get(key, 0) + 1
+                self.global_step += 1
+                self.train_images += sum(
+                    int(v.shape[1]) for k, v in batch.items() if k.startswith("x")
+                )
+            self.epochs += 1
+            for scheduler in schedulers:
+                scheduler.step()
+            means = {key: (sums[key] / counts[key]).cpu() for key in sums}
+            self._check_finite(means)
+            for i, member in enumerate(self.members):
+                member.stats = {key: float(value[i]) for key, value in means.items()}
+                member.stats["train/loss"] = member.stats["train/d_loss"]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.fit_seconds += time.perf_counter() - start
+
+    def _check_finite(self, means: dict[str, Tensor]) -> None:
+        for key in ("train/d_loss", "train/g_loss"):
+            if key in means and not torch.isfinite(means[key]).all():
+                bad = [
+                    f"seed={self.members[i].seed} data_seed="
+                    f"{getattr(self.members[i].datamodule, 'data_seed', '?')}"
+                    for i in torch.nonzero(~torch.isfinite(means[key])).flatten().tolist()
+                ]
+                raise NonFiniteLossError(
+                    f"members: the {key.removeprefix('train/')} became NaN/inf in epoch "
+                    f"{self.epochs} for {', '.join(bad)}; lower the learning rate or train "
+                    "those runs one at a time to see the step"
+                )
+
+    # ------------------------------------------------------------------------------ results
+    @torch.no_grad()
+    def unstack(self) -> list[SSLGANModule]:
+        """Copy member i's weights, EMA and batch-norm statistics into its own module (on
+        ``device``) and return the modules, ready to be tested like single runs."""
+        modules = [m.module for m in self.members]
+        self.d.unstack_into([m.discriminator for m in modules])
+        self.g.unstack_into([m.generator for m in modules])
+        for ema, attr in ((self.d_ema, "d_ema"), (self.g_ema, "g_ema")):
+            if ema is None:
+                continue
+            ema.shadow.unstack_into([getattr(m, attr).shadow for m in modules])
+            for module in modules:
+                target = getattr(module, attr)
+                target.num_updates.fill_(ema.updates())
+                target._count = None
+        return modules
+
+    def seconds_per_member(self) -> float:
+        """The group's training time divided among its members."""
+        return self.fit_seconds / len(self.members) if self.members else math.nan
