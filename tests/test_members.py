@@ -23,7 +23,7 @@ from gendisc.models.members import MemberGroup
 from gendisc.optim import AdamEpsInsideSqrt
 from gendisc.utils.build import build
 
-from .conftest import requires_mnist
+from .conftest import PROJECT_ROOT, requires_mnist, run_gendisc
 
 STEPS = 4
 # tiny budget: STEPS steps of one epoch, no validation, no callbacks or loggers
@@ -171,3 +171,35 @@ def test_member_reports_like_a_run(make_cfg: Callable[..., DictConfig], tmp_path
         assert metrics["global_step"] == STEPS and metrics["epochs"] == 1
         assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["data/test"] == 10000
         assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_members_launcher_sweep(tmp_path: Path) -> None:
+    """``gendisc-train -m ... hydra/launcher=members``: the table's jobs (two label counts and
+    the labels-only arm) train as one group; each job has its own directory, .hydra/ files and
+    metrics.json, and a job of another learning rate forms a second group."""
+    sweep = tmp_path / "sweep"
+    run_gendisc(
+        "-m",
+        "experiment=salimans_mnist_table",
+        "hydra/launcher=members",
+        "data.labels_per_class=2,10",
+        "data.data_seed=0",
+        "model.unlabeled_weight=1.0,0.0",  # the labels-only arm (ablation=no_unlabeled)
+        "model.d_optimizer.lr=0.003,0.001",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "~callbacks.generative_metrics",
+        "~callbacks.samples",
+        "logger=[]",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        cwd=PROJECT_ROOT,
+    )
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
+    assert len(runs) == 8, sorted(runs)
+    assert {m["members/size"] for m in runs.values()} == {4}
+    assert all((sweep / name / ".hydra" / "overrides.yaml").is_file() for name in runs)
+    assert all(m["global_step"] == 2 and 0 <= m["val/acc"] <= 1 for m in runs.values())

@@ -10,6 +10,7 @@ is then tested and reported in its own run directory by the ordinary callbacks
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from gendisc.models.members import MemberGroup, prepare_member
 from gendisc.utils.build import build
 from gendisc.utils.config import instantiate_list, register_resolvers
 
-__all__ = ["MEMBER_KEYS", "build_group", "check_members", "report_member", "training_view"]
+__all__ = [
+    "MEMBER_KEYS",
+    "build_group",
+    "check_members",
+    "group_jobs",
+    "report_member",
+    "training_view",
+]
 
 register_resolvers()
 
@@ -52,14 +60,29 @@ def training_view(cfg: DictConfig) -> dict[str, Any]:
     sections = [s for s in TRAINING_SECTIONS if s in cfg]
     resolved = _flatten(OmegaConf.to_container(cfg, resolve=True))
     raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    output_dir = str(resolved.get("paths.output_dir") or "")
     view = {}
     for key, value in resolved.items():
         if not any(key == s or key.startswith(s + ".") for s in sections) or key in MEMBER_KEYS:
             continue
         if any(place in str(raw.get(key, "")) for place in ("${paths.", "${hydra:")):
             continue
+        if isinstance(value, str) and output_dir and value.startswith(output_dir):
+            continue  # a resolved config: the run's own directory
         view[key] = value
     return view
+
+
+def group_jobs(cfgs: Sequence[DictConfig], max_members: int | None = None) -> list[list[int]]:
+    """The jobs of a sweep in groups that can train as members of one model: equal
+    ``training_view``s (so a sweep over a learning rate gives one group per rate), in sweep
+    order, each of at most ``max_members`` jobs (null or 0: no limit)."""
+    groups: dict[str, list[int]] = {}
+    for index, cfg in enumerate(cfgs):
+        key = json.dumps(training_view(cfg), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(index)
+    size = max_members or max(len(cfgs), 1)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def check_members(cfgs: Sequence[DictConfig]) -> None:
@@ -135,6 +158,10 @@ def fit_group(group: MemberGroup, cfg: DictConfig) -> None:
     )
 
 
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
 def report_member(
     cfg: DictConfig, group: MemberGroup, index: int, module: L.LightningModule
 ) -> dict[str, Any]:
@@ -172,14 +199,17 @@ def report_member(
             }
         )
     metrics: dict[str, Any] = {}
+    if cfg.data.get("val_size") != 0:
+        trainer.validate(module, datamodule=member.datamodule, verbose=False)
+        validation = {
+            k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        metrics.update(validation)
+        for report in (c for c in callbacks if isinstance(c, EvaluationReport)):
+            report.extra.update(validation)
     if cfg.get("test", True):
         trainer.test(module, datamodule=member.datamodule)
-        metrics.update(
-            {
-                k: v.item() if isinstance(v, torch.Tensor) else v
-                for k, v in trainer.callback_metrics.items()
-            }
-        )
+        metrics.update({k: _plain(v) for k, v in trainer.callback_metrics.items()})
         checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         trainer.save_checkpoint(checkpoint, weights_only=True)
     for report in (c for c in callbacks if isinstance(c, EvaluationReport)):

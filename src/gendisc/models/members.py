@@ -41,7 +41,7 @@ from gendisc.nets.batched import BatchedSalimansD, BatchedSalimansG
 from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import mark_initialized, needs_data_init
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "Member", "MemberGroup", "RNG_MODES", "prepare_member"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "RNG_MODES", "Member", "MemberGroup", "prepare_member"]
 
 RNG_MODES = ("member", "shared")
 # optimisers whose update of a stacked tensor is N independent updates (element-wise maths,
