@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gendisc.callbacks.run_config import StoreRunConfig
 from gendisc.callbacks.run_report import EvaluationReport
@@ -55,20 +55,24 @@ def _flatten(container: Any, prefix: str = "") -> dict[str, Any]:
 
 def training_view(cfg: DictConfig) -> dict[str, Any]:
     """The resolved settings of ``cfg`` that shape training, as ``{dotted key: value}``,
-    without ``MEMBER_KEYS`` and the settings that name places (``${paths...}``, ``${hydra:...}``:
-    each run's own directories)."""
-    sections = [s for s in TRAINING_SECTIONS if s in cfg]
-    resolved = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    without ``MEMBER_KEYS`` and the settings that name places (``${paths...}``, ``${hydra:...}``,
+    or in a resolved config a path under the run's own directory)."""
     raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    output_dir = str(resolved.get("paths.output_dir") or "")
+    try:
+        output_dir = str(OmegaConf.select(cfg, "paths.output_dir") or "")
+    except Exception:  # unresolvable outside a Hydra run: no resolved paths to recognise
+        output_dir = ""
     view = {}
-    for key, value in resolved.items():
-        if not any(key == s or key.startswith(s + ".") for s in sections) or key in MEMBER_KEYS:
+    for key, raw_value in raw.items():
+        if not any(key == s or key.startswith(s + ".") for s in TRAINING_SECTIONS):
             continue
-        if any(place in str(raw.get(key, "")) for place in ("${paths.", "${hydra:")):
+        if key in MEMBER_KEYS or any(p in str(raw_value) for p in ("${paths.", "${hydra:")):
             continue
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
         if isinstance(value, str) and output_dir and value.startswith(output_dir):
-            continue  # a resolved config: the run's own directory
+            continue
         view[key] = value
     return view
 

@@ -182,7 +182,7 @@ class MemberGroup:
         )
 
     # ----------------------------------------------------------------------------- training
-    def _batches(self, steps: int) -> Iterator[dict[str, Tensor]]:
+    def batches(self, steps: int) -> Iterator[dict[str, Tensor]]:
         """Each step's batches of every member, stacked along dim 0: (N, B, ...)."""
         iterators = [iter(m.loader) for m in self.members]
         for _ in range(steps):
@@ -290,7 +290,7 @@ class MemberGroup:
                 steps = min(steps, max_steps - self.global_step)
             sums: dict[str, Tensor] = {}
             counts: dict[str, int] = {}
-            for batch_idx, batch in enumerate(self._batches(steps)):
+            for batch_idx, batch in enumerate(self.batches(steps)):
                 stats = self.step(batch, batch_idx)
                 for key, value in stats.items():
                     sums[key] = sums[key] + value if key in sums else value.clone()
