@@ -203,3 +203,27 @@ def test_members_launcher_sweep(tmp_path: Path) -> None:
     assert {m["members/size"] for m in runs.values()} == {4}
     assert all((sweep / name / ".hydra" / "overrides.yaml").is_file() for name in runs)
     assert all(m["global_step"] == 2 and 0 <= m["val/acc"] <= 1 for m in runs.values())
+
+
+@requires_mnist
+def test_fast_batches_are_the_loaders_batches(make_cfg: Callable[..., DictConfig]) -> None:
+    """The group's one-gather batches (fast path) are exactly each member's loader batches."""
+    cfgs = [
+        make_cfg([*TINY, f"seed={s}", f"data.data_seed={s}", f"data.labels_per_class={c}"], f"b{s}")
+        for s, c in ((0, 2), (1, 10))
+    ]
+    group = build_group(cfgs)
+    assert group.fast_batches
+    fast = list(group.batches(3))
+    group.fast_batches = False
+    for member in group.members:
+        member.loader.epochs_started = 0
+    slow = list(group.batches(3))
+    assert (
+        [sorted(b) for b in fast]
+        == [sorted(b) for b in slow]
+        == [["x", "x_unl", "x_unl2", "y"]] * 3
+    )
+    for a, b in zip(fast, slow, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
