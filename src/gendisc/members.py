@@ -143,7 +143,7 @@ def build_group(cfgs: Sequence[DictConfig], rng: str = "member") -> MemberGroup:
     return MemberGroup(members, device=device, rng=rng)
 
 
-def fit_group(group: MemberGroup, cfg: DictConfig) -> None:
+def fit_group(group: MemberGroup, cfg: DictConfig, time_limit_s: float | None = None) -> None:
     """Train the group for the schedule of ``cfg.trainer`` (max_epochs, limit_train_batches,
     max_steps)."""
     trainer = cfg.trainer
@@ -159,6 +159,7 @@ def fit_group(group: MemberGroup, cfg: DictConfig) -> None:
         int(trainer.get("max_epochs") or 1),
         steps_per_epoch=steps,
         max_steps=-1 if max_steps is None else int(max_steps),
+        time_limit_s=time_limit_s,
     )
 
 
@@ -198,6 +199,7 @@ def report_member(
                 "members/group_fit_s": round(group.fit_seconds, 3),
                 "members/epochs": group.epochs,
                 "members/global_step": group.global_step,
+                "members/stopped_early": group.stopped_early,
                 "epochs": group.epochs,
                 "global_step": group.global_step,
             }

@@ -200,6 +200,7 @@ class MemberGroup:
             self._labels = loader.labels.to(self.device)
         self.global_step = 0
         self.epochs = 0
+        self.stopped_early = False
         self.fit_seconds = 0.0
         self.train_images = 0
 
@@ -330,20 +331,33 @@ class MemberGroup:
             for opt in (self.d_optimizer, self.g_optimizer)
         ]
 
-    def fit(self, max_epochs: int, steps_per_epoch: int | None = None, max_steps: int = -1) -> None:
+    def fit(
+        self,
+        max_epochs: int,
+        steps_per_epoch: int | None = None,
+        max_steps: int = -1,
+        time_limit_s: float | None = None,
+    ) -> None:
         """Train every member for ``max_epochs`` epochs of ``steps_per_epoch`` steps (default:
         the loader's length, as ``trainer.limit_train_batches`` cuts it), stopping after
         ``max_steps`` steps in all when positive; the last epoch's mean statistics per member
-        go to ``Member.stats``. A member's NaN/inf loss stops the group (checked each epoch)."""
+        go to ``Member.stats``. A member's NaN/inf loss stops the group (checked each epoch).
+        ``time_limit_s``: no epoch starts that would end after that many seconds of training
+        (judged by the slowest epoch so far); ``stopped_early`` then says so."""
         self.d.train()
         self.g.train()
         schedulers = self._schedulers(max_epochs)
         length = len(self.members[0].loader)
         steps_per_epoch = min(steps_per_epoch or length, length)
         start = time.perf_counter()
+        slowest = 0.0
         for _ in range(max_epochs):
             if 0 < max_steps <= self.global_step:
                 break
+            if time_limit_s is not None and time.perf_counter() - start + slowest > time_limit_s:
+                self.stopped_early = True
+                break
+            epoch_start = time.perf_counter()
             steps = steps_per_epoch
             if max_steps > 0:
                 steps = min(steps, max_steps - self.global_step)
@@ -366,6 +380,7 @@ class MemberGroup:
             for i, member in enumerate(self.members):
                 member.stats = {key: float(value[i]) for key, value in means.items()}
                 member.stats["train/loss"] = member.stats["train/d_loss"]
+            slowest = max(slowest, time.perf_counter() - epoch_start)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.fit_seconds += time.perf_counter() - start
