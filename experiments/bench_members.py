@@ -56,7 +56,7 @@ def time_group(group: MemberGroup, steps: int, warmup: int) -> float:
         if i == warmup:
             _sync(group.device)
             start = time.perf_counter()
-        group.step(batch, i)
+        group.run_step(batch, i)
     _sync(group.device)
     return (time.perf_counter() - start) / steps
 
@@ -90,8 +90,9 @@ def bench_members(
         cfgs = member_configs(n, compose, base)
         for rng in rngs:
             result = MembersResult(n, rng, [])
+            mode, _, graphs = rng.partition("+")  # e.g. shared+graphs: CUDA graphs
             try:
-                groups.append((result, build_group(cfgs, rng=rng)))
+                groups.append((result, build_group(cfgs, rng=mode, graphs=bool(graphs))))
             except Exception as error:  # reported, the others go on
                 result.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
                 groups.append((result, None))
@@ -100,7 +101,7 @@ def bench_members(
             if group is None or result.error:
                 continue
             try:
-                result.seconds_per_step.append(time_group(group, steps, warmup))
+                result.seconds_per_step.append(time_group(group, steps, max(warmup, 5)))
             except Exception as error:
                 result.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
     return [result for result, _ in groups]
@@ -115,14 +116,14 @@ def print_members(results: Sequence[MembersResult], separate_step_s: float, step
         f"members (N runs as one model, {steps} timed steps per round, medians); separate runs "
         f"(framework, one at a time): {separate:.2f} run-steps/s"
     )
-    print(f"{'members':<16}{'rng':>8}{'run-steps/s':>13}{'ms/run-step':>13}{'vs separate':>13}")
+    print(f"{'members':<10}{'rng':>14}{'run-steps/s':>13}{'ms/run-step':>13}{'vs separate':>13}")
     for r in results:
         if r.error or not r.seconds_per_step:
-            print(f"{f'N={r.n}':<16}{r.rng:>8}  not measured: {r.error}")
+            print(f"{f'N={r.n}':<10}{r.rng:>14}  not measured: {r.error}")
             continue
         rate = r.run_steps_per_s
         print(
-            f"{f'N={r.n}':<16}{r.rng:>8}{rate:>13.2f}{1000 / rate:>13.3f}"
+            f"{f'N={r.n}':<10}{r.rng:>14}{rate:>13.2f}{1000 / rate:>13.3f}"
             f"{rate / separate if separate == separate else math.nan:>12.2f}x"
         )
 
@@ -135,7 +136,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rng", default="member", help="member, shared or member,shared")
+    parser.add_argument(
+        "--rng",
+        default="member",
+        help="member, shared, shared+graphs (CUDA graphs), comma-separated",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

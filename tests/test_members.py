@@ -227,3 +227,21 @@ def test_fast_batches_are_the_loaders_batches(make_cfg: Callable[..., DictConfig
     for a, b in zip(fast, slow, strict=True):
         for key in a:
             assert torch.equal(a[key], b[key]), key
+
+
+@requires_mnist
+def test_capturable_updates_equal_the_optimizers(make_cfg: Callable[..., DictConfig]) -> None:
+    """The CUDA-graph-ready updates (Adam and EMA with device-tensor scalars) give the same
+    losses and weights as AdamEpsInsideSqrt and ExponentialMovingAverage (CPU, eager)."""
+    cfgs = [make_cfg([*TINY, f"seed={s}", f"data.data_seed={s}"], f"c{s}") for s in (0, 1)]
+    results = []
+    for capturable in (False, True):
+        group = build_group(cfgs, rng="member", capturable=capturable)
+        fit_group(group, cfgs[0])
+        modules = group.unstack()
+        results.append(([m.stats["train/g_loss"] for m in group.members], modules))
+    (losses, eager), (tensor_losses, tensor) = results
+    assert tensor_losses == pytest.approx(losses, rel=1e-5)
+    for a, b in zip(tensor, eager, strict=True):
+        _assert_same_weights(a, b, "capturable")
+        assert int(a.d_ema.num_updates) == int(b.d_ema.num_updates) == STEPS

@@ -2,9 +2,9 @@
 # make gpu-check: one command for the GPU machine (issue 25), in three parts:
 #   1. pytest -m gpu: CUDA tests of the batched nets, Adam, EMA, members and single runs;
 #   2. the bench on CUDA: a single run under Lightning and the naive loop (bench_ssl_gan.py),
-#      and members N = 1, 4, 17 with rng member and shared (run-steps/s);
+#      and members N = 1, 4, 17 with rng member and shared, eager and with CUDA graphs;
 #   3. the paper's MNIST table (17 runs, 300 epochs x 590 steps) as ONE group of members
-#      (table.py), its runs.csv (gendisc-report) and the paper-layout report.md.
+#      (table.py; CUDA graphs when their GPU test passed), its runs.csv and the paper table.
 # GPU_CHECK_BUDGET=tiny: the same parts on a tiny budget (1 epoch of 2 steps; a CPU runs it in
 # a few minutes); full (default): the real schedule, the table stopping at the time left of
 # GPU_CHECK_SECONDS (default 450) if it must (table_summary.json then says so).
@@ -41,14 +41,19 @@ echo "gpu-check: budget=$BUDGET device=$DEVICE python=$PYTHON data=$GENDISC_DATA
 STATUS=0
 
 echo "== 1. pytest -m gpu ($(elapsed) s)"
-"$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest.txt"
+"$PYTHON" -m pytest tests/test_gpu.py -m gpu -q -rA -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
+# the table uses CUDA graphs only when their test passed here (GPU_CHECK_GRAPHS=0: never)
+GRAPHS=""
+if [ "${GPU_CHECK_GRAPHS:-1}" = 1 ] && grep -q "PASSED tests/test_gpu.py::test_members_cuda_graphs_equal_eager" "$OUT/pytest.txt"; then
+  GRAPHS="--graphs"
+fi
 
 echo "== 2. bench ($(elapsed) s)"
 if [ "$BUDGET" = tiny ]; then
   BENCH="--steps 3 --warmup 1 --rounds 1 --skip-bf16 --skip-rates --skip-breakdown --members 1,2 --members-steps 2 --members-rng member,shared"
 else
-  BENCH="--steps 200 --warmup 10 --rounds 2 --skip-bf16 --members 1,4,17 --members-steps 300 --members-rng shared,member"
+  BENCH="--steps 200 --warmup 10 --rounds 2 --skip-bf16 --members 1,4,17 --members-steps 300 --members-rng shared,member,shared+graphs"
 fi
 timeout $(( TOTAL / 3 )) "$PYTHON" experiments/bench_ssl_gan.py --device "$DEVICE" $THREADS $BENCH 2>&1 | tee "$OUT/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
@@ -59,7 +64,7 @@ if [ "$BUDGET" = tiny ]; then
 else
   TABLE="--epochs 300 --time-limit-s $(( TOTAL - $(elapsed) - 75 ))"
 fi
-"$PYTHON" experiments/gpu_check/table.py --out "$WORK/table" --device "$DEVICE" --rng "${GPU_CHECK_RNG:-shared}" $TABLE \
+"$PYTHON" experiments/gpu_check/table.py --out "$WORK/table" --device "$DEVICE" --rng "${GPU_CHECK_RNG:-shared}" $GRAPHS $TABLE \
   "~callbacks.generative_metrics" "~callbacks.samples" logger=[] ${THREADS:+threads=1} 2>&1 \
   | grep -v -E '^\s*[│┃┏┡└━]|^Testing|^Validation' | tee "$WORK/table.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1

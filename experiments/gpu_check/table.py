@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--time-limit-s", type=float, default=None)
     parser.add_argument("--rng", default="shared", choices=["member", "shared"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--graphs", action="store_true", help="CUDA graphs (MemberGroup)")
     parser.add_argument("--runs", type=int, default=len(TABLE_RUNS), help="the first N runs")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args()
@@ -110,11 +111,12 @@ def main() -> None:
     cfgs = [task for task, _, _ in runs]
     print(
         f"table: {len(cfgs)} runs as one group, {epochs} epochs x {steps} steps "
-        f"(time limit {args.time_limit_s} s), rng={args.rng}, device={args.device}",
+        f"(time limit {args.time_limit_s} s), rng={args.rng}, graphs={args.graphs}, "
+        f"device={args.device}",
         flush=True,
     )
     start = time.perf_counter()
-    group = build_group(cfgs, rng=args.rng)
+    group = build_group(cfgs, rng=args.rng, graphs=args.graphs)
     built = time.perf_counter()
     fit_group(group, cfgs[0], time_limit_s=args.time_limit_s)
     trained = time.perf_counter()
@@ -136,6 +138,7 @@ def main() -> None:
         "group_steps": group.global_step,
         "run_steps": run_steps,
         "rng": args.rng,
+        "cuda_graphs": args.graphs,
         "device": args.device,
         "build_s": round(built - start, 1),
         "train_s": round(trained - built, 1),

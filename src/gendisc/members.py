@@ -123,9 +123,12 @@ def member_device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def build_group(cfgs: Sequence[DictConfig], rng: str = "member") -> MemberGroup:
+def build_group(
+    cfgs: Sequence[DictConfig], rng: str = "member", capturable: bool = False, graphs: bool = False
+) -> MemberGroup:
     """Check the configs, then build each run exactly as ``gendisc.train`` does (seeded with
-    its own ``seed``), prepare it (data-dependent init) and stack them into one group."""
+    its own ``seed``), prepare it (data-dependent init) and stack them into one group
+    (``MemberGroup`` says what ``rng``, ``capturable`` and ``graphs`` do)."""
     check_members(cfgs)
     if str(cfgs[0].trainer.get("precision", "32-true")) not in ("32", "32-true"):
         raise ConfigError("members: train in float32 (trainer.precision=32-true)")
@@ -140,7 +143,7 @@ def build_group(cfgs: Sequence[DictConfig], rng: str = "member") -> MemberGroup:
         L.seed_everything(seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
         members.append(prepare_member(module, datamodule, seed, device))
-    return MemberGroup(members, device=device, rng=rng)
+    return MemberGroup(members, device=device, rng=rng, capturable=capturable, graphs=graphs)
 
 
 def fit_group(group: MemberGroup, cfg: DictConfig, time_limit_s: float | None = None) -> None:

@@ -122,6 +122,95 @@ def epoch_positions(loader: TrainBatches) -> dict[str, Tensor]:
     return positions
 
 
+class TensorAdam:
+    """``AdamEpsInsideSqrt``'s update of one optimiser's parameters with the step count and
+    the bias-corrected scalars as device tensors, so that a CUDA graph can replay it:
+    ``p -= (lr sqrt(c2) / c1) m / sqrt(v + eps c2)``, c1 = 1 - beta1^t, c2 = 1 - beta2^t
+    (the scalars in float64, applied in the parameters' dtype)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        if type(optimizer).__name__ != "AdamEpsInsideSqrt":
+            raise ConfigError(
+                "members: capturable updates (CUDA graphs) support the authors' Adam "
+                "(gendisc.optim.AdamEpsInsideSqrt) only; drop graphs or use that optimiser"
+            )
+        self.groups = []
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                beta1, beta2 = group["betas"]
+                self.groups.append((params, float(group["lr"]), beta1, beta2, group["eps"]))
+        self.exp_avgs = [[torch.zeros_like(p) for p in g[0]] for g in self.groups]
+        self.exp_avg_sqs = [[torch.zeros_like(p) for p in g[0]] for g in self.groups]
+        self.t = torch.zeros((), dtype=torch.float64, device=device)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for params, *_ in self.groups:
+            for p in params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        for (params, lr, beta1, beta2, eps), m, v in zip(
+            self.groups, self.exp_avgs, self.exp_avg_sqs, strict=True
+        ):
+            grads = [p.grad for p in params]
+            c1, c2 = 1 - torch.pow(beta1, self.t), 1 - torch.pow(beta2, self.t)
+            eps_term = (eps * c2).to(params[0].dtype)
+            step_size = (lr * torch.sqrt(c2) / c1).to(params[0].dtype)
+            torch._foreach_lerp_(m, grads, 1.0 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+            denominators = torch._foreach_add(v, eps_term)
+            torch._foreach_sqrt_(denominators)
+            # (step_size * m) / denominator: the order of addcdiv's arithmetic, so the two agree
+            updates = torch._foreach_mul(m, step_size)
+            torch._foreach_div_(updates, denominators)
+            torch._foreach_sub_(params, updates)
+
+
+class TensorEMA:
+    """``ExponentialMovingAverage.update`` with the update count and decay as device tensors
+    (capturable in a CUDA graph); ``sync()`` writes the count back into the average."""
+
+    def __init__(self, ema: ExponentialMovingAverage, module: torch.nn.Module) -> None:
+        self.ema = ema
+        self.averaged, self.current, self.my_buffers, self.their_buffers = ema._match(module)
+        self.t = ema.num_updates.to(torch.float64).clone()
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        decay = torch.full_like(self.t, self.ema.decay)
+        if self.ema.warmup:
+            decay = torch.minimum(decay, (1 + self.t) / (10 + self.t))
+        weight = (1 - decay).to(self.averaged[0].dtype)
+        differences = torch._foreach_sub([p.detach() for p in self.current], self.averaged)
+        torch._foreach_mul_(differences, weight)
+        torch._foreach_add_(self.averaged, differences)
+        for mine, theirs in zip(self.my_buffers, self.their_buffers, strict=True):
+            mine.copy_(theirs)
+        self.t += 1
+
+    def sync(self) -> None:
+        self.ema.num_updates.fill_(int(self.t.item()))
+        self.ema._count = None
+
+
+def _ema_updater(
+    ema: ExponentialMovingAverage | None,
+    module: torch.nn.Module,
+    capturable: bool,
+    device: torch.device,
+) -> Any:
+    """The update of ``ema`` towards ``module`` as a callable (nothing without an EMA)."""
+    if ema is None:
+        return lambda: None
+    if capturable:
+        return TensorEMA(ema, module)
+    return lambda: ema.update(module)
+
+
 class _DataOnly:
     """Stands in for the Trainer where a module only reads ``trainer.datamodule``."""
 
@@ -146,10 +235,20 @@ class MemberGroup:
             ``model.unlabeled_weight`` (the caller checks that).
         device: where the batched nets train.
         rng: ``member`` or ``shared`` (module docstring).
+        capturable: the optimiser and EMA updates with their step-dependent scalars as device
+            tensors (``TensorAdam``, ``TensorEMA``: the same formulas), as a CUDA graph needs.
+        graphs: (CUDA) after 3 eager warm-up steps, capture one whole training step (D and G
+            updates, optimisers, EMA) in a CUDA graph and replay it: no per-kernel launch cost.
+            Implies ``capturable``; needs ``d_steps_per_g_step=1`` and no lr decay.
     """
 
     def __init__(
-        self, members: Sequence[Member], device: torch.device | str = "cpu", rng: str = "member"
+        self,
+        members: Sequence[Member],
+        device: torch.device | str = "cpu",
+        rng: str = "member",
+        capturable: bool = False,
+        graphs: bool = False,
     ) -> None:
         if not members:
             raise ConfigError("members: no runs to train")
@@ -181,6 +280,26 @@ class MemberGroup:
         self.g_optimizer = first.g_optimizer_factory(params=self.g.parameters())
         _check_optimizer(self.d_optimizer, "d_optimizer")
         _check_optimizer(self.g_optimizer, "g_optimizer")
+        self.graphs = bool(graphs)
+        self.capturable = bool(capturable or graphs)
+        if self.graphs and self.device.type != "cuda":
+            raise ConfigError("members: CUDA graphs (graphs=true) need a CUDA device")
+        if self.graphs and (first.d_steps_per_g_step != 1 or first.lr_decay_epochs):
+            raise ConfigError(
+                "members: CUDA graphs need model.d_steps_per_g_step=1 and "
+                "model.lr_decay_epochs=0 (one step shape, constant learning rates)"
+            )
+        self._graph: Any = None
+        self._warm_steps = 0
+        self._static_in: dict[str, Tensor] = {}
+        self._static_out: dict[str, Tensor] = {}
+        if self.capturable:
+            self.d_update: Any = TensorAdam(self.d_optimizer, self.device)
+            self.g_update: Any = TensorAdam(self.g_optimizer, self.device)
+        else:
+            self.d_update, self.g_update = self.d_optimizer, self.g_optimizer
+        self.d_ema_update = _ema_updater(self.d_ema, self.d, self.capturable, self.device)
+        self.g_ema_update = _ema_updater(self.g_ema, self.g, self.capturable, self.device)
         self.unlabeled_weight = torch.tensor(
             [float(m.unlabeled_weight) for m in modules], device=self.device
         )
@@ -190,6 +309,9 @@ class MemberGroup:
                 generator = torch.Generator(self.device)
                 generator.set_state(member.rng_state)
                 self.generators.append(generator)
+        elif self.graphs:  # the default CUDA generator: a graph replays its draws safely
+            torch.cuda.manual_seed(self.members[0].seed)
+            self.generators.append(torch.cuda.default_generators[self.device.index or 0])
         else:
             self.generators.append(torch.Generator(self.device).manual_seed(self.members[0].seed))
         self.uniform_latent = self.g.latent_distribution == "uniform"
@@ -275,11 +397,10 @@ class MemberGroup:
             + 0.5 * softplus(lse_fake).mean(1)
         )
         d_loss = loss_lab + self.unlabeled_weight * loss_unl
-        self.d_optimizer.zero_grad(set_to_none=True)
+        self.d_update.zero_grad(set_to_none=True)
         d_loss.sum().backward()
-        self.d_optimizer.step()
-        if self.d_ema is not None:
-            self.d_ema.update(self.d)
+        self.d_update.step()
+        self.d_ema_update()
         stats = {"train/d_loss": d_loss.detach(), "train/loss_lab": loss_lab.detach()}
         stats["train/loss_unl"] = loss_unl.detach()
         stats["train/acc"] = (logits_lab.argmax(2) == y_lab).float().mean(1)
@@ -293,16 +414,43 @@ class MemberGroup:
                 norms = self.d.norms()
                 for _ in range(first.g_steps_per_d_step):
                     g_loss = self._generator_loss(x_real, b_unl, norms, first)
-                    self.g_optimizer.zero_grad(set_to_none=True)
+                    self.g_update.zero_grad(set_to_none=True)
                     g_loss.sum().backward()
-                    self.g_optimizer.step()
-                    if self.g_ema is not None:
-                        self.g_ema.update(self.g)
+                    self.g_update.step()
+                    self.g_ema_update()
             finally:
                 for p in trainable:
                     p.requires_grad_(True)
             stats["train/g_loss"] = g_loss.detach()
         return stats
+
+    def run_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """``step``, or with ``graphs`` its CUDA graph: 3 eager warm-up steps on a side stream,
+        then one capture (not executed) and, for that step and every later one, the batch
+        copied into the graph's inputs and one replay. The statistics returned are the graph's
+        outputs (overwritten by the next replay)."""
+        if not self.graphs:
+            return self.step(batch, batch_idx)
+        if self._graph is None and self._warm_steps < 3:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self.step(batch, batch_idx)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warm_steps += 1
+            return out
+        if self._graph is None:
+            self._static_in = {key: value.clone() for key, value in batch.items()}
+            self._graph = torch.cuda.CUDAGraph()
+            if self.rng == "member":
+                for generator in self.generators:
+                    self._graph.register_generator_state(generator)
+            with torch.cuda.graph(self._graph):
+                self._static_out = self.step(self._static_in, 0)
+        for key, value in batch.items():
+            self._static_in[key].copy_(value)
+        self._graph.replay()
+        return self._static_out
 
     def _generator_loss(
         self, x_real: Tensor, count: int, norms: list[Tensor], first: SSLGANModule
@@ -364,7 +512,7 @@ class MemberGroup:
             sums: dict[str, Tensor] = {}
             counts: dict[str, int] = {}
             for batch_idx, batch in enumerate(self.batches(steps)):
-                stats = self.step(batch, batch_idx)
+                stats = self.run_step(batch, batch_idx)
                 for key, value in stats.items():
                     sums[key] = sums[key] + value if key in sums else value.clone()
                     counts[key] = counts.get(key, 0) + 1
@@ -407,6 +555,9 @@ class MemberGroup:
         modules = [m.module for m in self.members]
         self.d.unstack_into([m.discriminator for m in modules])
         self.g.unstack_into([m.generator for m in modules])
+        for updater in (self.d_ema_update, self.g_ema_update):
+            if isinstance(updater, TensorEMA):
+                updater.sync()
         for ema, attr in ((self.d_ema, "d_ema"), (self.g_ema, "g_ema")):
             if ema is None:
                 continue
