@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from gendisc.checkpoints import load_run_config
 from gendisc.errors import ConfigError
 from gendisc.members import build_group, check_members, fit_group, report_member
 from gendisc.models.members import MemberGroup
@@ -170,7 +171,8 @@ def test_member_reports_like_a_run(make_cfg: Callable[..., DictConfig], tmp_path
         assert metrics["members/size"] == 2 and metrics["members/index"] == i
         assert metrics["global_step"] == STEPS and metrics["epochs"] == 1
         assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["data/test"] == 10000
-        assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+        checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        assert load_run_config(checkpoint).data.data_seed == cfg.data.data_seed
 
 
 @requires_mnist

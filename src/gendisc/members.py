@@ -220,7 +220,7 @@ def report_member(
         trainer.test(module, datamodule=member.datamodule)
         metrics.update({k: _plain(v) for k, v in trainer.callback_metrics.items()})
         checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(checkpoint, weights_only=True)
+        trainer.save_checkpoint(checkpoint)  # with the callbacks' entries: the run config
     for report in (c for c in callbacks if isinstance(c, EvaluationReport)):
         metrics.update(report.metrics)
     metrics.update(member.stats)

@@ -95,7 +95,9 @@ def prepare_member(
 
 def _same_images(loaders: Sequence[Any]) -> bool:
     """Whether every loader is a ``TrainBatches`` over the same training images and labels."""
-    if not all(isinstance(loader, TrainBatches) for loader in loaders):
+    if not all(
+        isinstance(loader, TrainBatches) and hasattr(loader, "_stream") for loader in loaders
+    ):
         return False
     first = loaders[0]
     return all(
