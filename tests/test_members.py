@@ -247,3 +247,33 @@ def test_capturable_updates_equal_the_optimizers(make_cfg: Callable[..., DictCon
     for a, b in zip(tensor, eager, strict=True):
         _assert_same_weights(a, b, "capturable")
         assert int(a.d_ema.num_updates) == int(b.d_ema.num_updates) == STEPS
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_members_launcher_records_a_group_failure(tmp_path: Path) -> None:
+    """A group that cannot train (CUDA graphs asked for on the CPU) records the ConfigError in
+    each of its jobs' failure.json; the sweep itself ends normally."""
+    sweep = tmp_path / "sweep"
+    run_gendisc(
+        "-m",
+        "experiment=salimans_mnist",
+        "hydra/launcher=members",
+        "hydra.launcher.graphs=true",
+        "trainer.accelerator=cpu",
+        "data.data_seed=0,1",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "~callbacks.generative_metrics",
+        "~callbacks.samples",
+        "logger=[]",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=PROJECT_ROOT,
+    )
+    failures = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/failure.json"))]
+    assert len(failures) == 2
+    assert all(
+        f["error_type"] == "ConfigError" and "need a CUDA device" in f["error"] for f in failures
+    )
+    assert not list(sweep.glob("*/metrics.json"))

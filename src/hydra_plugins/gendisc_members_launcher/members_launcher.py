@@ -9,7 +9,8 @@ directory, ``.hydra/`` files, ``metrics.json`` and checkpoint, written through H
 Jobs whose other training settings differ form separate groups, trained one after another;
 ``hydra.launcher.max_members`` caps a group's size, ``hydra.launcher.rng`` picks the random
 streams (``member``: each run's own, as a single run draws them; ``shared``: one draw for all
-members, fewer GPU kernels). A group that fails (a config error, a NaN loss) records the error
+members, fewer GPU kernels), ``hydra.launcher.graphs=true`` replays each training step as a
+CUDA graph (GPU only). A group that fails (a config error, a NaN loss) records the error
 in each of its jobs' ``failure.json``; the sweep goes on.
 """
 
@@ -55,9 +56,12 @@ def _task_config(sweep_config: DictConfig) -> DictConfig:
 class MembersLauncher(Launcher):
     """Groups a sweep's jobs into members of one model (see the module docstring)."""
 
-    def __init__(self, rng: str = "member", max_members: int | None = None) -> None:
+    def __init__(
+        self, rng: str = "member", max_members: int | None = None, graphs: bool = False
+    ) -> None:
         super().__init__()
         self.rng = rng
+        self.graphs = bool(graphs)
         self.max_members = max_members
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -122,7 +126,7 @@ class MembersLauncher(Launcher):
             return task
 
         try:
-            group = members.build_group(cfgs, rng=self.rng)
+            group = members.build_group(cfgs, rng=self.rng, graphs=self.graphs)
             members.fit_group(group, cfgs[0])
             modules = group.unstack()
         except Exception as error:
