@@ -182,10 +182,12 @@ def test_single_run_on_cuda(model: str, make_cfg: Callable[..., DictConfig]) -> 
 
 
 @requires_mnist
-def test_members_cuda_graphs_equal_eager(make_cfg: Callable[..., DictConfig]) -> None:
-    """CUDA graphs (3 eager warm-up steps, then replays) against the same updates run eagerly,
-    both drawing from each member's own generator: the same losses and weights."""
-    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+@pytest.mark.parametrize("rng", ["shared", "member"])
+def test_members_cuda_graphs_equal_eager(rng: str, make_cfg: Callable[..., DictConfig]) -> None:
+    """CUDA graphs (3 eager warm-up steps, then replays) against the same updates run eagerly
+    with the same random streams (shared: a generator seeded with the first member's seed, the
+    default one under graphs; member: each member's own): the same losses and weights."""
+    if rng == "member" and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         pytest.skip("this torch cannot capture draws of a custom generator in a CUDA graph")
     cfgs = [
         make_cfg(
@@ -195,7 +197,7 @@ def test_members_cuda_graphs_equal_eager(make_cfg: Callable[..., DictConfig]) ->
     ]
     results = []
     for graphs in (False, True):
-        group = build_group(cfgs, rng="member", capturable=True, graphs=graphs)
+        group = build_group(cfgs, rng=rng, capturable=True, graphs=graphs)
         fit_group(group, cfgs[0])
         results.append((group, group.unstack()))
     (eager, eager_modules), (graphed, graphed_modules) = results

@@ -55,7 +55,7 @@ fi
 GRAPHS=""
 if [ "${GPU_CHECK_GRAPHS:-1}" = force ]; then
   GRAPHS="--graphs"
-elif [ "${GPU_CHECK_GRAPHS:-1}" = 1 ] && has pytest && grep -q "PASSED tests/test_gpu.py::test_members_cuda_graphs_equal_eager" "$OUT/pytest.txt"; then
+elif [ "${GPU_CHECK_GRAPHS:-1}" = 1 ] && has pytest && grep -q "PASSED tests/test_gpu.py::test_members_cuda_graphs_equal_eager\[${GPU_CHECK_RNG:-shared}\]" "$OUT/pytest.txt"; then
   GRAPHS="--graphs"
 fi
 
