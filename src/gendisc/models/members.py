@@ -14,9 +14,12 @@ Random streams (``rng``):
   generator, which continues the run's global random stream after its build and data init,
   with the same shapes in the same order as the single run: on the CPU each member then
   equals its separate run up to float rounding (tests/test_members.py);
-- ``shared``: one draw of shape (N, ...) per tensor from the device's default generator (seeded
-  by the first member's seed): independent members, N times fewer kernels (faster on a GPU),
-  but not the single runs' draws.
+- ``shared``: one draw of shape (N, ...) per tensor from one generator seeded with the first
+  member's seed (the device's default one under CUDA graphs): independent members, N times
+  fewer kernels (faster on a GPU), but not the single runs' draws.
+
+``capturable`` / ``graphs``: the updates with device-tensor scalars (``TensorAdam``,
+``TensorEMA``), and on a GPU the whole step replayed as a CUDA graph (``MemberGroup.run_step``).
 
 At the end ``unstack()`` copies each member back into its own ``SSLGANModule`` (weights, the
 EMA, the generator's batch-norm statistics), which is tested and reported like a single run.
@@ -42,7 +45,16 @@ from gendisc.nets.batched import BatchedSalimansD, BatchedSalimansG
 from gendisc.nets.ema import ExponentialMovingAverage
 from gendisc.nets.layers import mark_initialized, needs_data_init
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "RNG_MODES", "Member", "MemberGroup", "prepare_member"]
+__all__ = [
+    "ELEMENTWISE_OPTIMIZERS",
+    "RNG_MODES",
+    "Member",
+    "MemberGroup",
+    "TensorAdam",
+    "TensorEMA",
+    "epoch_positions",
+    "prepare_member",
+]
 
 RNG_MODES = ("member", "shared")
 # optimisers whose update of a stacked tensor is N independent updates (element-wise maths,
@@ -200,10 +212,7 @@ class TensorEMA:
 
 
 def _ema_updater(
-    ema: ExponentialMovingAverage | None,
-    module: torch.nn.Module,
-    capturable: bool,
-    device: torch.device,
+    ema: ExponentialMovingAverage | None, module: torch.nn.Module, capturable: bool
 ) -> Any:
     """The update of ``ema`` towards ``module`` as a callable (nothing without an EMA)."""
     if ema is None:
@@ -300,8 +309,8 @@ class MemberGroup:
             self.g_update: Any = TensorAdam(self.g_optimizer, self.device)
         else:
             self.d_update, self.g_update = self.d_optimizer, self.g_optimizer
-        self.d_ema_update = _ema_updater(self.d_ema, self.d, self.capturable, self.device)
-        self.g_ema_update = _ema_updater(self.g_ema, self.g, self.capturable, self.device)
+        self.d_ema_update = _ema_updater(self.d_ema, self.d, self.capturable)
+        self.g_ema_update = _ema_updater(self.g_ema, self.g, self.capturable)
         self.unlabeled_weight = torch.tensor(
             [float(m.unlabeled_weight) for m in modules], device=self.device
         )
