@@ -7,7 +7,7 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 SHARED_DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-fast lint format bench clean help
+.PHONY: setup train test test-fast lint format bench gpu-check gpu-wheels clean help
 
 help:
 	@echo "make setup  - create $(VENV) and install gendisc with its dependencies"
@@ -15,6 +15,7 @@ help:
 	@echo "make test   - set up, then run the whole test suite (what CI runs)"
 	@echo "make test-fast - the suite without the tests marked slow (the inner loop)"
 	@echo "make bench  - ssl_gan training speed: framework vs plain PyTorch loop"
+	@echo "make gpu-check - GPU tests, bench on CUDA, the MNIST table as one group of members"
 	@echo "make lint   - ruff check"
 
 $(BIN)/python:
@@ -42,6 +43,14 @@ test-fast: setup
 # ssl_gan under Lightning vs a plain PyTorch loop of the same work: prints "ratio: X"
 bench: setup
 	$(BIN)/python experiments/bench_ssl_gan.py $(ARGS)
+
+# on the GPU machine (experiments/gpu_check/README.md); GPU_CHECK_BUDGET=tiny tries it here
+gpu-check:
+	bash experiments/gpu_check/run.sh
+
+# here, before a GPU run: the wheels and MNIST files the GPU machine lacks (.whl/, .gpu_data/)
+gpu-wheels: setup
+	bash experiments/gpu_check/fetch_wheels.sh
 
 lint: setup
 	$(BIN)/ruff check src tests experiments

@@ -17,6 +17,9 @@ batch). Measured in one process, in interleaved rounds (A B C D A B C D ...), me
 - E (CPU) one more ``framework`` fit that times only its matrix products and Gaussian draws
   (``OpClock``): the step by op, and the ratio those two alone would allow.
 
+F (``--members 1,2,4``, experiments/bench_members.py) N runs trained as one model (members):
+run-steps per second for each N next to the framework's (separate runs, one at a time).
+
 The last four lines are ``bf16_epoch_s``, ``epoch_s``, ``naive_epoch_s`` (seconds per 600-step
 epoch) and ``ratio`` (epoch_s / naive_epoch_s); ``nan`` when a variant was skipped or failed.
 
@@ -58,7 +61,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 try:
     from gendisc.utils.build import build
-except ModuleNotFoundError:  # checkouts before 2026-12-02 (PYTHONPATH=<old checkout>/src) had it here
+except (
+    ModuleNotFoundError
+):  # checkouts before 2026-12-02 (PYTHONPATH=<old checkout>/src) had it here
     from gendisc.train import build
 from gendisc.utils.config import PROJECT_ROOT, register_resolvers
 
@@ -504,6 +509,15 @@ def main() -> None:
     parser.add_argument(
         "--skip-breakdown", action="store_true", help="no timing of the step's products and noise"
     )
+    parser.add_argument(
+        "--members",
+        default="1,2,4",
+        help="group sizes for the members section (N runs as one model; '' skips it)",
+    )
+    parser.add_argument("--members-steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument(
+        "--members-rng", default="member", help="members' random streams: member, shared or both"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for the framework")
     args = parser.parse_args()
     for name in ("lightning.pytorch", "lightning.fabric"):  # no per-fit banners
@@ -557,6 +571,19 @@ def main() -> None:
         if not args.skip_rates:
             for dtype, times in rate_times.items():
                 times.append(gemm_seconds(gemms, dtype, device))
+
+    members = []
+    if args.members:
+        from bench_members import bench_members
+
+        members = bench_members(
+            [int(n) for n in args.members.split(",")],
+            lambda overrides: compose_cfg([*base, *overrides], args.data_dir),
+            steps=args.members_steps,
+            warmup=args.warmup,
+            rounds=min(args.rounds, 3),
+            rngs=args.members_rng.split(","),
+        )
 
     breakdown = None
     if not args.skip_breakdown and device.type == "cpu" and variants[0].run is not None:
@@ -639,6 +666,10 @@ def main() -> None:
         print(f"peak memory: GPU {gpu}; host RSS {host_mb:.0f} MB (whole process)")
     else:
         print(f"peak memory: host RSS {host_mb:.0f} MB (whole process, all variants)")
+    if members:
+        from bench_members import print_members
+
+        print_members(members, epoch_s["framework"] / EPOCH_STEPS, args.members_steps)
     fw, fw16, nv = epoch_s["framework"], epoch_s["framework bf16"], epoch_s["naive"]
     if not bf16.times:
         print(f"bf16-mixed not measured: {bf16.error}")

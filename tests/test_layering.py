@@ -17,7 +17,13 @@ SOURCE_ROOT = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "gendisc"
 
 # command-line entry points and what sits on them: nothing below may import these
-ENTRY_POINTS = ("gendisc.train", "gendisc.eval", "gendisc.sample", "gendisc.pipelines")
+ENTRY_POINTS = (
+    "gendisc.train",
+    "gendisc.eval",
+    "gendisc.sample",
+    "gendisc.pipelines",
+    "gendisc.members",
+)
 # layers from the bottom up: a module may import its own layer and the ones below, never above
 LAYERS = (
     ("gendisc.data",),
