@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from gendisc.checkpoints import read_checkpoint_state
 from gendisc.errors import ConfigError
-from gendisc.nets.classifiers import _Classifier
+from gendisc.nets.classifiers import ClassifierNet
 from gendisc.nets.weights import match_weights
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def build_timm(name: str, pretrained: bool) -> tuple[nn.Module, int, tuple, tupl
 BUILDERS = {"torchvision": build_torchvision, "timm": build_timm}
 
 
-class Backbone(_Classifier):
+class Backbone(ClassifierNet):
     """A torchvision.models or timm model (by ``name``) as a K-class classifier net.
 
     Args:

@@ -26,6 +26,7 @@ from gendisc.nets.layers import (
 )
 
 __all__ = [
+    "ClassifierNet",
     "ConvNet",
     "MLPClassifier",
     "ResNet",
@@ -83,8 +84,9 @@ def _down(size: int, stride: int, kernel: int = 3, padding: int = 1) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-class _Classifier(nn.Module):
-    """Shared head logic: features -> [minibatch discrimination] -> head.
+class ClassifierNet(nn.Module):
+    """The base of every classifier net (a subclass implements ``forward_features``): features
+    -> [minibatch discrimination] -> head.
 
     With minibatch discrimination, training mode compares each example with the others of its
     batch (the paper). Eval mode compares it with a fixed reference batch of real training
@@ -204,7 +206,7 @@ class _Classifier(nn.Module):
         return self.forward_with_features(x)[0]
 
 
-class MLPClassifier(_Classifier):
+class MLPClassifier(ClassifierNet):
     """Dense net: flatten -> input noise -> [dense -> activation -> noise -> dropout] per hidden
     layer -> head. Features: each hidden block's output (after activation, noise and dropout).
     ``train_hidden_scale=False`` freezes the weight-norm scales of hidden layers after the
@@ -315,7 +317,7 @@ class SalimansMLPDiscriminator(MLPClassifier):
         )
 
 
-class ConvNet(_Classifier):
+class ConvNet(ClassifierNet):
     """Small conv net for 8x8 to 32x32 inputs.
 
     Per entry of ``channels`` a block: conv3x3 -> norm -> act -> conv3x3 (stride 2 while the
@@ -415,7 +417,7 @@ class _PreActBlock(nn.Module):
         return out + self.shortcut(x)
 
 
-class ResNet(_Classifier):
+class ResNet(ClassifierNet):
     """Small pre-activation ResNet (for 32x32; works from 8x8).
 
     conv3x3 stem, then one stage per entry of ``widths`` with ``blocks_per_stage`` basic blocks
@@ -478,7 +480,7 @@ class ResNet(_Classifier):
         return feats
 
 
-class SalimansConvDiscriminator(_Classifier):
+class SalimansConvDiscriminator(ClassifierNet):
     """The paper's CIFAR-10 discriminator (SVHN with ``channels=(64, 128)``).
 
     dropout(input_dropout) -> 3 x wn-conv3x3 c0 (last stride 2) -> dropout -> 3 x wn-conv3x3 c1
