@@ -207,10 +207,13 @@ def test_sample_refuses_a_crafted_checkpoint(kind, tiny_runs, victim, tmp_path):
     _untouched(victim, run_dir)
 
 
-# the training options that read a checkpoint, and the model they belong to
+# the training options whose checkpoint's config is built from, and the model they belong to
 READERS = {
     "model.m1": ["model=ssl_vae", "model.likelihood=gaussian"],
     "model.generator_ckpt": ["model=augmented_classifier"],
+}
+# the options that use only a checkpoint's tensors and training state (nothing built from it)
+WEIGHTS_ONLY = {
     "model.init_from": ["model=classifier"],
     "ckpt_path": ["model=vae", *NO_GENERATIVE_CALLBACKS, "trainer.max_epochs=2"],
 }
@@ -219,15 +222,26 @@ READERS = {
 @pytest.mark.parametrize("setting", sorted(READERS))
 @pytest.mark.parametrize("kind", sorted(CRAFTS))
 def test_training_refuses_a_crafted_checkpoint(kind, setting, tiny_runs, victim, tmp_path):
-    """Also where the stored config would not be built from (resuming, init_from): a file
-    whose config names an untrusted target is refused wherever gendisc reads it."""
-    source = tiny_runs["classifier" if setting == "model.init_from" else "vae"]
-    path = craft(source, kind, victim, tmp_path)
+    path = craft(tiny_runs["vae"], kind, victim, tmp_path)
     run_dir = tmp_path / "run"
-    overrides = [*READERS[setting], *TINY, f"{setting}={path}"]
-    cfg = compose_config(overrides, run_dir)
+    cfg = compose_config([*READERS[setting], *TINY, f"{setting}={path}"], run_dir)
     _refused(lambda: train(cfg), kind, path, setting)
     _untouched(victim, run_dir)
+
+
+@pytest.mark.parametrize("setting", sorted(WEIGHTS_ONLY))
+@pytest.mark.parametrize("kind", ["open", "partial", "list"])
+def test_weights_only_readers_never_build_a_crafted_config(
+    kind, setting, tiny_runs, victim, tmp_path
+):
+    """Resuming and init_from read the file's tensors and training state only: a crafted
+    config in it builds nothing (the victim is untouched) and the run trains as asked."""
+    source = tiny_runs["classifier" if setting == "model.init_from" else "vae"]
+    path = craft(source, kind, victim, tmp_path)
+    cfg = compose_config([*WEIGHTS_ONLY[setting], *TINY, f"{setting}={path}"], tmp_path / "run")
+    metrics = train(cfg)
+    assert victim.read_text() == VICTIM_TEXT
+    assert metrics["epochs"] == cfg.trainer.max_epochs
 
 
 @pytest.mark.slow

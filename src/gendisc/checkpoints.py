@@ -119,8 +119,9 @@ def load_run_config(path: str | Path, setting: str = "ckpt_path") -> DictConfig:
 
 def check_checkpoint(path: str | Path, setting: str) -> dict[str, Any]:
     """The checkpoint file ``path``, read weights-only, once the run config it stores (if any)
-    is trusted: gendisc refuses a file whose config names an untrusted target wherever it reads
-    one, also where that config is not built from (resuming, ``model.init_from``)."""
+    is trusted: for files whose config is built from later (``model.generator_ckpt`` when
+    fitting starts), checked when the module is built so that a refused file stops a run
+    before it writes anything."""
     checkpoint = load_checkpoint(path, setting)
     if CONFIG_KEY in checkpoint:
         run_config(checkpoint, Path(path).expanduser(), setting)
@@ -130,8 +131,9 @@ def check_checkpoint(path: str | Path, setting: str) -> dict[str, Any]:
 def read_checkpoint_state(
     path: str | Path, setting: str = "model.init_from"
 ) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint file (or of a bare state dict file)."""
-    checkpoint = check_checkpoint(path, setting)
+    """The ``state_dict`` of a Lightning checkpoint file (or of a bare state dict file): only
+    its tensors are used, nothing is built from its stored config."""
+    checkpoint = load_checkpoint(path, setting)
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gendisc.checkpoints import check_checkpoint, load_checkpoint
+from gendisc.checkpoints import load_checkpoint
 from gendisc.errors import ConfigError
 from gendisc.guards import last_checkpoint_path
 from gendisc.utils.config import instantiate_list
@@ -82,11 +82,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         path = Path(str(value)).expanduser()
         if not path.is_file():
             raise ConfigError(f"ckpt_path={value}: no such checkpoint file.")
-        check_checkpoint(path, "ckpt_path")  # a refused file stops the run before it writes
         return str(path)
     path = checkpoint_dir(cfg) / "last.ckpt"
     if path.is_file():
-        check_checkpoint(path, "ckpt_path")
         return str(path)
     if is_multirun():
         log.warning("ckpt_path=last: no %s yet; this job starts from scratch.", path)
