@@ -277,15 +277,20 @@ def test_eval_reproduces_test_metrics_from_checkpoint(make_cfg, tmp_path):
     assert evaluate(small)["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
-def test_eval_reports_the_generative_metrics_of_the_run(tiny_cgan_run, tmp_path):
+def test_eval_reports_the_generative_metrics_of_the_run(tiny_cgan_run, generative_cache, tmp_path):
+    """On the machine's evaluator cache (``paths.cache_dir``, here the one training used: the
+    stored run config's cache folder is never used by gendisc-eval) the figures are the run's."""
     run, metrics = tiny_cgan_run
     ckpt = run / "checkpoints" / "last.ckpt"
-    cfg = compose_config([f"ckpt_path={ckpt}"], tmp_path / "eval", config_name="eval")
+    cache = f"paths.cache_dir={generative_cache}"
+    cfg = compose_config([f"ckpt_path={ckpt}", cache], tmp_path / "eval", config_name="eval")
     result = evaluate(cfg)
     assert result["gen/fid"] == pytest.approx(metrics["gen/fid"], rel=1e-4)
     assert result["gen/cas"] == pytest.approx(metrics["gen/cas"], abs=1e-6)
     off = compose_config(
-        [f"ckpt_path={ckpt}", "generative_metrics=false"], tmp_path / "eval_off", config_name="eval"
+        [f"ckpt_path={ckpt}", cache, "generative_metrics=false"],
+        tmp_path / "eval_off",
+        config_name="eval",
     )
     assert "gen/fid" not in evaluate(off)
 
