@@ -30,10 +30,11 @@ from tests.test_resume_models import kill_resume_and_compare
 QUIET = ["callbacks.generative_metrics=null", "callbacks.rich_progress_bar=null"]
 
 
-def make_m2(**kwargs) -> SSLVAEModule:
+def make_m2(m2: dict | None = None, **kwargs) -> SSLVAEModule:
     torch.manual_seed(0)
-    options = {"in_shape": (1, 4, 4), "num_classes": 3, "latent_dim": 2, **kwargs}
+    options = {"in_shape": (1, 4, 4), "num_classes": 3, **kwargs}
     return SSLVAEModule(
+        m2={"latent_dim": 2, **(m2 or {})},
         encoder=lambda **kw: MLPEncoder(hidden=(8,), **kw),
         decoder=lambda **kw: MLPDecoder(hidden=(8,), **kw),
         classifier=lambda **kw: MLPClassifier(hidden=(8,), **kw),
@@ -94,14 +95,15 @@ def test_dynamic_binarisation_draws_pixels_with_the_grey_level_as_probability():
 def test_classification_weight_from_the_label_protocol(make_cfg):
     assert classification_weight(50000, 100) == pytest.approx(50.0)  # MNIST-100: 0.1 * 500
     datamodule, model = build(make_cfg(["experiment=ssl_vae_digits"]))
-    assert isinstance(model, SSLVAEModule) and model.alpha is None
+    assert isinstance(model, SSLVAEModule) and model.m2_options.alpha.value is None
     # digits: 1437 training images - 200 validation = 1237 in the pool, 10 x 10 labeled
     assert len(datamodule.unlabeled_index) == 1237 and len(datamodule.labeled_index) == 100
-    assert classification_weight(1237, 100, model.alpha_scale) == pytest.approx(1.237)
+    scale = model.m2_options.alpha.scale
+    assert classification_weight(1237, 100, scale) == pytest.approx(1.237)
     with pytest.raises(ConfigError):
-        model.classification_weight()  # no datamodule outside a fit, alpha not fixed
-    _, fixed = build(make_cfg(["experiment=ssl_vae_digits", "model.alpha=7.5"]))
-    assert fixed.classification_weight() == 7.5
+        model.resolve_alpha()  # no datamodule outside a fit, alpha not fixed
+    _, fixed = build(make_cfg(["experiment=ssl_vae_digits", "model.m2.alpha.value=7.5"]))
+    assert fixed.resolve_alpha() == 7.5
     with pytest.raises(ConfigError):
         classification_weight(1237, 0)
 
@@ -109,10 +111,13 @@ def test_classification_weight_from_the_label_protocol(make_cfg):
 @pytest.mark.parametrize(
     "bad",
     [
-        {"likelihood": "poisson"},
-        {"likelihood": "gaussian", "binarize": True},
-        {"alpha_scale": -0.1},
-        {"alpha": -1.0},
+        {"m2": {"likelihood": {"kind": "poisson"}}},
+        {"m2": {"likelihood": {"kind": "gaussian", "binarize": True}}},
+        {"m2": {"alpha": {"scale": -0.1}}},
+        {"m2": {"alpha": {"value": -1.0}}},
+        {"m2": {"latent_dim": 0}},
+        {"m2": {"latents": 3}},  # not an option of model.m2
+        {"m2": {"likelihood": "gaussian"}},  # a group, not a value
         {"num_classes": 1},
     ],
 )
@@ -122,7 +127,7 @@ def test_bad_settings_are_config_errors(bad):
 
 
 def test_gaussian_likelihood_and_conditional_sampling():
-    m2 = make_m2(likelihood="gaussian", gaussian_sigma=0.5)
+    m2 = make_m2({"likelihood": {"kind": "gaussian", "sigma": 0.5}})
     assert m2.log_sigma.item() == pytest.approx(math.log(0.5))
     x = torch.rand(4, 1, 4, 4) * 2 - 1
     assert torch.isfinite(m2.unlabeled(x)[0]).all()
@@ -157,7 +162,9 @@ def test_ssl_vae_digits_learns(make_cfg, tmp_path, generative_cache):
 
 def test_binarized_run_trains(make_cfg):
     metrics = train(
-        make_cfg(["experiment=ssl_vae_digits", "debug=fdr", "model.binarize=true", *QUIET])
+        make_cfg(
+            ["experiment=ssl_vae_digits", "debug=fdr", "model.m2.likelihood.binarize=true", *QUIET]
+        )
     )
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
 

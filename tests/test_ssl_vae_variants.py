@@ -41,16 +41,20 @@ def config_error_of(action: Callable[[], object]) -> str:
     return str(error)
 
 
-def make_aux(auxiliary: str, **kwargs) -> SSLVAEModule:
+def make_aux(
+    kind: str, m2: dict | None = None, auxiliary: dict | None = None, **kwargs
+) -> SSLVAEModule:
     torch.manual_seed(0)
-    options = {"in_shape": (1, 4, 4), "num_classes": 3, "latent_dim": 2, "aux_dim": 3, **kwargs}
     return SSLVAEModule(
         encoder=lambda **kw: MLPEncoder(hidden=(8,), **kw),
         decoder=lambda **kw: MLPDecoder(hidden=(8,), **kw),
         classifier=lambda **kw: MLPClassifier(hidden=(8,), **kw),
         optimizer=lambda params: torch.optim.Adam(params, 1e-3),
-        auxiliary=auxiliary,
-        **options,
+        in_shape=(1, 4, 4),
+        num_classes=3,
+        m2={"latent_dim": 2, **(m2 or {})},
+        auxiliary={"kind": kind, "dim": 3, **(auxiliary or {})},
+        **kwargs,
     ).eval()
 
 
@@ -77,23 +81,23 @@ def test_auxiliary_labeled_bound_is_the_explicit_formula(auxiliary):
     x = torch.bernoulli(torch.full((4, 1, 4, 4), 0.5)) * 2 - 1  # binary: Bernoulli's support
     y = torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
-        mu_a, logvar_a = model.aux_encoder(x, None)
+        mu_a, logvar_a = model.auxiliary.posterior(x, None)
         a = mu_a + 0.3 * torch.randn_like(mu_a)
         log_q_a = normal(mu_a, logvar_a).log_prob(a).sum(1)
         mu_z, logvar_z = model.encoder(torch.cat([x.flatten(1), a], 1), y)
         kl = kl_divergence(normal(mu_z, logvar_z), Normal(0.0, 1.0)).sum(1)
         if auxiliary == "adgm":
             logits = model.decoder(mu_z, y)
-            prior = model.aux_decoder(torch.cat([x.flatten(1), mu_z], 1), y)
+            prior = model.auxiliary.prior(torch.cat([x.flatten(1), mu_z], 1), y)
         else:
             logits = model.decoder(torch.cat([mu_z, a], 1), y)
-            prior = model.aux_decoder(mu_z, y)
+            prior = model.auxiliary.prior(mu_z, y)
         log_px = (
             torch.distributions.Bernoulli(logits=logits).log_prob((x + 1) / 2).flatten(1).sum(1)
         )
         log_p_a = normal(*prior).log_prob(a).sum(1)
         by_hand = log_px - math.log(3) - kl + log_p_a - log_q_a
-        module = model.data_bound(x, y, a, log_q_a, sample=False)
+        module = model.bound(x, y, (a, log_q_a), sample=False)
     assert torch.allclose(module, by_hand, atol=1e-4)
     assert torch.allclose(log_q_a, gaussian_log_density(a, mu_a, logvar_a), atol=1e-5)
 
@@ -106,12 +110,10 @@ def test_auxiliary_unlabeled_bound_sums_every_class(auxiliary):
     x = torch.rand(5, 1, 4, 4) * 2 - 1
     with torch.no_grad():
         bound, logits = model.unlabeled(x, sample=False)
-        a, log_q_a = model.draw_aux(x, sample=False)
-        q = torch.softmax(model.class_logits(x, a), 1)
-        assert torch.allclose(logits, model.class_logits(x, a))
-        per_class = [
-            model.data_bound(x, torch.full((5,), k), a, log_q_a, sample=False) for k in range(3)
-        ]
+        drawn = model.draw_auxiliary(x, sample=False)
+        q = torch.softmax(model.class_logits(x, drawn), 1)
+        assert torch.allclose(logits, model.class_logits(x, drawn))
+        per_class = [model.bound(x, torch.full((5,), k), drawn, sample=False) for k in range(3)]
         loop = sum(q[:, k] * per_class[k] for k in range(3)) - (q * q.log()).sum(1)
         assert torch.allclose(bound, loop, atol=1e-4)
         assert torch.allclose(model.class_bounds(x, sample=False)[:, 2], per_class[2], atol=1e-4)
@@ -119,25 +121,27 @@ def test_auxiliary_unlabeled_bound_sums_every_class(auxiliary):
 
 def test_evaluation_averages_the_classifier_over_draws_of_a():
     x = torch.rand(6, 1, 4, 4) * 2 - 1
-    at_mean = make_aux("adgm", eval_samples=0)
+    at_mean = make_aux("adgm", auxiliary={"eval_samples": 0})
     with torch.no_grad():
-        a_mean = at_mean.draw_aux(x, sample=False)[0]
+        a_mean = at_mean.draw_auxiliary(x, sample=False)
         assert torch.allclose(at_mean(x), at_mean.class_logits(x, a_mean))
-        averaged = make_aux("adgm", eval_samples=7)
+        averaged = make_aux("adgm", auxiliary={"eval_samples": 7})
         torch.manual_seed(3)
         logits = averaged(x)
         torch.manual_seed(3)
-        mu, logvar = averaged.aux_encoder(x.repeat(7, 1, 1, 1), None)
+        x7 = x.repeat(7, 1, 1, 1)
+        mu, logvar = averaged.auxiliary.posterior(x7, None)
         a = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        probs = torch.softmax(averaged.class_logits(x.repeat(7, 1, 1, 1), a), 1)
+        probs = torch.softmax(averaged.classifier(torch.cat([x7.flatten(1), a], 1)), 1)
         expected = probs.view(7, 6, 3).mean(0)
     assert torch.allclose(logits.exp(), expected, atol=1e-5)
     assert torch.allclose(logits.exp().sum(1), torch.ones(6), atol=1e-5)
 
 
 def test_monte_carlo_samples_repeat_the_batch():
-    model = make_aux("sdgm", mc_samples=4, alpha=1.0, binarize=True)
-    assert model._inputs(torch.zeros(5, 1, 4, 4)).shape == (20, 1, 4, 4)
+    m2 = {"mc_samples": 4, "alpha": {"value": 1.0}, "likelihood": {"binarize": True}}
+    model = make_aux("sdgm", m2)
+    assert model.training_images(torch.zeros(5, 1, 4, 4)).shape == (20, 1, 4, 4)
     images, labels = sampler_for(model).sample(6, seed=2)
     assert images.shape == (6, 1, 4, 4) and labels.tolist() == [0, 1, 2, 0, 1, 2]
     again, _ = sampler_for(model).sample(6, seed=2)
@@ -147,24 +151,25 @@ def test_monte_carlo_samples_repeat_the_batch():
 @pytest.mark.parametrize(
     "bad",
     [
-        {"auxiliary": "both"},
-        {"mc_samples": 0},
-        {"eval_samples": -1},
-        {"aux_dim": 0},
-        {"m1_features": "mode"},
+        {"auxiliary": {"kind": "both"}},
+        {"m2": {"mc_samples": 0}},
+        {"auxiliary": {"eval_samples": -1}},
+        {"auxiliary": {"dim": 0}},
+        {"auxiliary": {"size": 3}},  # not an option of model.auxiliary
+        {"m1": {"features": "mode"}},
+        {"m1": "m1.ckpt"},  # a group, not a path
     ],
 )
 def test_bad_settings_are_config_errors(bad):
-    options = {"auxiliary": "adgm", **bad}
     with pytest.raises(ConfigError):
-        make_aux(**options)
+        make_aux("adgm", **bad)
 
 
 def test_decoded_variance_is_the_gaussian_with_the_decoders_per_dimension_variance():
-    """gaussian_variance=decoded: the decoder outputs means then log-variances (twice the
+    """model.m2.likelihood.variance=decoded: the decoder outputs means then log-variances (twice the
     channels); -log p(h | y, z) is the diagonal Gaussian's, per dimension, and samples and
     reconstructions use the means only."""
-    model = make_aux("none", likelihood="gaussian", gaussian_variance="decoded", binarize=False)
+    model = make_aux("none", {"likelihood": {"kind": "gaussian", "variance": "decoded"}})
     assert not hasattr(model, "log_sigma")
     params = torch.randn(5, 2, 4, 4)
     h = torch.randn(5, 1, 4, 4)
@@ -176,21 +181,21 @@ def test_decoded_variance_is_the_gaussian_with_the_decoders_per_dimension_varian
     assert model.decode_params(z, y).shape == (5, 1, 4, 4)
     assert model.decode(z, y).shape == (5, 1, 4, 4)
     # shared: one learned sigma for every dimension, the decoder outputs the means only
-    shared = make_aux("none", likelihood="gaussian", binarize=False)
+    shared = make_aux("none", {"likelihood": {"kind": "gaussian"}})
     assert shared.decoder(z, y).shape == (5, 1, 4, 4) and shared.log_sigma.requires_grad
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"gaussian_variance": "per_pixel"},
-        {"gaussian_variance": "decoded", "likelihood": "bernoulli"},
-        {"gaussian_variance": "decoded", "likelihood": "gaussian", "gaussian_sigma": 0.5},
+        {"variance": "per_pixel"},
+        {"variance": "decoded", "kind": "bernoulli"},
+        {"variance": "decoded", "kind": "gaussian", "sigma": 0.5},
     ],
 )
 def test_bad_variance_settings_are_config_errors(bad):
-    with pytest.raises(ConfigError, match="gaussian_variance"):
-        make_aux("none", **bad)
+    with pytest.raises(ConfigError, match=r"model\.m2\.likelihood\.variance"):
+        make_aux("none", {"likelihood": bad})
 
 
 def test_auxiliary_models_need_the_dense_nets(make_cfg):
@@ -200,17 +205,19 @@ def test_auxiliary_models_need_the_dense_nets(make_cfg):
 
 def test_missing_or_wrong_m1_checkpoint_is_one_clear_error(make_cfg, tmp_path, tiny_cvae_run):
     def m1_error(m1: object, name: str, *extra: str) -> str:
-        cfg = make_cfg(["experiment=ssl_vae_m1m2_digits", f"model.m1={m1}", *extra], name=name)
+        overrides = ["experiment=ssl_vae_m1m2_digits", f"model.m1.ckpt={m1}", *extra]
+        cfg = make_cfg(overrides, name=name)
         return config_error_of(lambda: build(cfg))
 
     missing = m1_error(tmp_path / "none.ckpt", "a")
-    assert missing.startswith(f"model.m1={tmp_path / 'none.ckpt'}: no such file")
+    assert missing.startswith(f"model.m1.ckpt={tmp_path / 'none.ckpt'}: no such file")
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
     assert "cannot read this checkpoint" in m1_error(broken, "b")
     conditional = tiny_cvae_run[0] / "checkpoints" / "last.ckpt"
     assert "must be an unconditional VAE" in m1_error(conditional, "c")
-    assert "model.likelihood=gaussian" in m1_error("x", "d", "model.likelihood=bernoulli")
+    bernoulli = m1_error("x", "d", "model.m2.likelihood.kind=bernoulli")
+    assert "model.m2.likelihood.kind=gaussian" in bernoulli
 
 
 @pytest.mark.slow
@@ -219,13 +226,13 @@ def test_m1m2_on_digits_learns_on_frozen_m1_features(make_cfg, tmp_path):
     M1+M2 checkpoint unchanged, samples and reconstructions decoded to 8x8 images by M1."""
     train(make_cfg(["experiment=ssl_vae_m1_digits", "trainer.max_epochs=30", *QUIET], name="m1"))
     m1 = tmp_path / "m1" / "checkpoints" / "last.ckpt"
-    overrides = ["experiment=ssl_vae_m1m2_digits", f"model.m1={m1}", "trainer.max_epochs=5"]
+    overrides = ["experiment=ssl_vae_m1m2_digits", f"model.m1.ckpt={m1}", "trainer.max_epochs=5"]
     metrics = train(make_cfg([*overrides, *QUIET], name="m1m2"))
     assert metrics["test/acc"] > 0.2 and math.isfinite(metrics["val/elbo"])
     model = load_module(tmp_path / "m1m2" / "checkpoints" / "last.ckpt")
     assert isinstance(model, SSLVAEModule) and model.data_shape == (1, 1, 16)
     m1_state = read_checkpoint_state(m1)
-    for name, value in model.m1_encoder.state_dict().items():
+    for name, value in model.m1.encoder.state_dict().items():
         assert torch.equal(value, m1_state[f"encoder.{name}"]), name
     images, labels = sampler_for(model).sample(20, seed=0)
     assert images.shape == (20, 1, 8, 8) and labels.tolist() == list(range(10)) * 2

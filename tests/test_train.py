@@ -59,7 +59,7 @@ NEEDS_GENERATOR = {
     "augment_fashion_mnist": "fashion_mnist",
     "ssl_vae_augment_digits": "digits",
 }
-# M1+M2 experiments: M2 runs on the code of an unconditional VAE checkpoint (model.m1): the data
+# M1+M2 experiments: M2 runs on the code of an unconditional VAE checkpoint (model.m1.ckpt): the data
 NEEDS_M1 = {"ssl_vae_m1m2_digits": "digits", "m1m2_mnist": "mnist"}
 # Bad GAN's low-density term reads an unconditional VAE (model.bad_gan.low_density.density_ckpt)
 NEEDS_DENSITY = {"bad_gan_mnist": "mnist"}
@@ -169,7 +169,9 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
         m1 = ["model=vae", "model.conditional=false", f"data={needs_vae}", *TINY]
         train(make_cfg([*m1, "trainer.max_epochs=1", "~callbacks.generative_metrics"], name="m1"))
         vae = tmp_path / "m1" / "checkpoints" / "last.ckpt"
-        setting = "model.m1" if experiment in NEEDS_M1 else "model.bad_gan.low_density.density_ckpt"
+        setting = (
+            "model.m1.ckpt" if experiment in NEEDS_M1 else "model.bad_gan.low_density.density_ckpt"
+        )
         overrides.append(f"{setting}={vae}")
     cfg = make_cfg(overrides)
     metrics = train(cfg)

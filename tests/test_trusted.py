@@ -209,7 +209,7 @@ def test_sample_refuses_a_crafted_checkpoint(kind, tiny_runs, victim, tmp_path):
 
 # the training options whose checkpoint's config is built from, and the model they belong to
 READERS = {
-    "model.m1": ["model=ssl_vae", "model.likelihood=gaussian"],
+    "model.m1.ckpt": ["model=ssl_vae", "model.m2.likelihood.kind=gaussian"],
     "model.generator_ckpt": ["model=augmented_classifier"],
 }
 # the options that use only a checkpoint's tensors and training state (nothing built from it)
@@ -309,7 +309,7 @@ def test_cli_refuses_a_crafted_checkpoint_with_one_line(entry, tiny_runs, victim
             a for a in gendisc_command(*args, module="gendisc.eval") if "callbacks." not in a
         ]
     else:
-        args = [*READERS["model.m1"], f"model.m1={path}", f"hydra.run.dir={run_dir}"]
+        args = [*READERS["model.m1.ckpt"], f"model.m1.ckpt={path}", f"hydra.run.dir={run_dir}"]
         command = gendisc_command(*args)
     result = subprocess.run(
         command,

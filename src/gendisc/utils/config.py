@@ -113,6 +113,9 @@ def check_renamed_keys(model: Mapping[str, Any] | None, where: str = "") -> None
     for old in RENAMED_MODEL_KEYS:
         if model is not None and old in model:
             raise ConfigError(_renamed_message(old, where))
+    old_ssl_vae = _old_ssl_vae_keys(model) if _is_ssl_vae(model and model.get("_target_")) else []
+    if old_ssl_vae:
+        raise ConfigError(_ssl_vae_message(old_ssl_vae[0], where))
 
 
 def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> list[str]:
@@ -133,6 +136,8 @@ def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> li
         if model.pop("feature_matching"):
             model["generator_objective"] = "feature_matching"
         done.append("feature_matching -> generator_objective")
+    if _is_ssl_vae(module):
+        done += migrate_ssl_vae_keys(model)
     return done
 
 
@@ -140,10 +145,13 @@ def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> li
 RENAMED_STATE_PREFIXES = {"ema.": "d_ema."}
 
 
-def migrate_state_dict(state: dict[str, Any]) -> None:
-    """Rename, in place, the state_dict keys of a checkpoint written before the rename."""
+def migrate_state_dict(
+    state: dict[str, Any], prefixes: Mapping[str, str] = RENAMED_STATE_PREFIXES
+) -> None:
+    """Rename, in place, the state_dict keys of a checkpoint written before the rename
+    (``prefixes``: old prefix -> new prefix)."""
     for key in list(state):
-        for old, new in RENAMED_STATE_PREFIXES.items():
+        for old, new in prefixes.items():
             if key.startswith(old):
                 state[new + key[len(old) :]] = state.pop(key)
 
@@ -157,7 +165,105 @@ def renamed_override(args: Sequence[str]) -> str | None:
         old = key.removeprefix("model.")
         if key.startswith("model.") and old in RENAMED_MODEL_KEYS:
             return _renamed_message(old, "")
+        # module-specific (model=vae keeps latent_dim, ...): the model the others select
+        others = [other for other in args if other != arg]
+        if (
+            key.startswith("model.")
+            and old in RENAMED_SSL_VAE_KEYS
+            and _is_ssl_vae(_model_target(others))
+        ):
+            return _ssl_vae_message(old, "")
     return None
+
+
+# ------------------------------------------------------------------------------------------
+# model=ssl_vae (SSLVAEModule) only: its flat options grouped into the sub-configs m2, m1 and
+# auxiliary. Old flat name -> its place (model.<place>). ``m1`` and ``auxiliary`` name both an
+# old option (a checkpoint path, a kind) and a new group: a value that is not a mapping is the
+# old option. Kept apart from RENAMED_MODEL_KEYS, which holds the renames of every module.
+RENAMED_SSL_VAE_KEYS = {
+    "latent_dim": "m2.latent_dim",
+    "likelihood": "m2.likelihood.kind",
+    "binarize": "m2.likelihood.binarize",
+    "gaussian_sigma": "m2.likelihood.sigma",
+    "gaussian_variance": "m2.likelihood.variance",
+    "alpha_scale": "m2.alpha.scale",
+    "alpha": "m2.alpha.value",
+    "mc_samples": "m2.mc_samples",
+    "m1": "m1.ckpt",
+    "m1_features": "m1.features",
+    "auxiliary": "auxiliary.kind",
+    "aux_dim": "auxiliary.dim",
+    "eval_samples": "auxiliary.eval_samples",
+}
+_SSL_VAE_GROUPS = ("m1", "auxiliary")
+# state_dict prefixes renamed with them
+RENAMED_SSL_VAE_STATE_PREFIXES = {
+    "aux_encoder.": "auxiliary.posterior.",
+    "aux_decoder.": "auxiliary.prior.",
+    "m1_encoder.": "m1.encoder.",
+    "m1_decoder.": "m1.decoder.",
+}
+
+
+def _is_ssl_vae(module: object) -> bool:
+    return str(module or "").endswith("SSLVAEModule")
+
+
+def _old_ssl_vae_keys(model: Mapping[str, Any]) -> list[str]:
+    """The old flat options an SSLVAEModule config holds, in the table's order."""
+    return [
+        old
+        for old in RENAMED_SSL_VAE_KEYS
+        if old in model and not (old in _SSL_VAE_GROUPS and isinstance(model[old], Mapping))
+    ]
+
+
+def _ssl_vae_message(old: str, where: str) -> str:
+    return (
+        f"{where}model.{old} was renamed (model=ssl_vae groups its options): use "
+        f"model.{RENAMED_SSL_VAE_KEYS[old]}."
+    )
+
+
+def migrate_ssl_vae_keys(model: dict[str, Any]) -> list[str]:
+    """Move, in place, the old flat options of a stored SSLVAEModule config into its groups
+    (``alpha_scale: 0.1`` -> ``m2: {alpha: {scale: 0.1}}``); returns ``old -> new`` for each."""
+    done = []
+    for old in _old_ssl_vae_keys(model):  # m1 / auxiliary before the options moved into them
+        value = model.pop(old)
+        new = RENAMED_SSL_VAE_KEYS[old]
+        *groups, leaf = new.split(".")
+        node = model
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[leaf] = value
+        done.append(f"{old} -> {new}")
+    return done
+
+
+def _model_target(args: Sequence[str]) -> str | None:
+    """The model ``_target_`` that the command-line overrides ``args`` compose to (a sweep:
+    its first value), or None when they do not compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = []
+        parsed = OverridesParser.create().parse_overrides([a for a in args if a[:1] != "-"])
+        for override in parsed:
+            if override.key_or_group.startswith("hydra"):
+                continue
+            if override.is_sweep_override():
+                first = next(iter(override.sweep_string_iterator()))
+                overrides.append(f"{override.get_key_element()}={first}")
+            else:
+                overrides.append(str(override.input_line))
+        with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            model = compose("train", overrides=overrides).get("model")
+        return None if model is None else str(model.get("_target_"))
+    except Exception:  # the overrides do not compose: Hydra reports why when the run starts
+        return None
 
 
 def slurm_gpus(accelerator: str, devices: Any) -> int:
