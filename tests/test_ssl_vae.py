@@ -13,8 +13,8 @@ import torch
 from gendisc.checkpoints import load_module
 from gendisc.errors import ConfigError
 from gendisc.models.sampling import sampler_for
-from gendisc.models.ssl_vae import (
-    SSLVAEModule,
+from gendisc.models.ssl_vae import SSLVAEModule
+from gendisc.models.ssl_vae.bound import (
     classification_weight,
     dynamic_binarize,
     labeled_bound,

@@ -17,7 +17,8 @@ from torch.distributions import Normal, kl_divergence
 from gendisc.checkpoints import load_module, read_checkpoint_state
 from gendisc.errors import ConfigError
 from gendisc.models.sampling import sampler_for
-from gendisc.models.ssl_vae import SSLVAEModule, gaussian_log_density
+from gendisc.models.ssl_vae import SSLVAEModule
+from gendisc.models.ssl_vae.auxiliary import gaussian_log_density
 from gendisc.nets import MLPClassifier
 from gendisc.nets.vae import MLPDecoder, MLPEncoder
 from gendisc.pipelines.two_stage import run_two_stage

@@ -154,7 +154,7 @@ def craft(source: Path, kind: str, victim: Path, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """last.ckpt of a tiny classifier and of a tiny conditional VAE (the generator kind that
-    gendisc-sample, model.m1 and model.generator_ckpt read)."""
+    gendisc-sample, model.m1.ckpt and model.generator_ckpt read)."""
     runs = {}
     for name, overrides in {
         "classifier": ["model=classifier"],

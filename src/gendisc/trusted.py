@@ -1,7 +1,7 @@
 """Which ``_target_`` values gendisc instantiates from a config that came out of a file.
 
 A checkpoint stores the run config it was trained with (``gendisc_config``); ``gendisc-eval``,
-``gendisc-sample``, ``model.m1`` and ``model.generator_ckpt`` rebuild modules from it with
+``gendisc-sample``, ``model.m1.ckpt`` and ``model.generator_ckpt`` rebuild modules from it with
 ``hydra.utils.instantiate``, which calls whatever ``_target_`` names. Loading the file
 weights-only stops code in its pickle, not code named by its config, so every stored config is
 checked here first: each ``_target_`` at any depth (``_partial_`` ones and those inside lists

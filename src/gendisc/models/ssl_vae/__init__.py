@@ -40,35 +40,6 @@ the report, checkpoint selection) classifies with q(y | x); ``val/elbo`` / ``tes
 unlabeled bound U (for M1+M2 a bound on log p(z1), not on log p(x)).
 """
 
-from gendisc.models.ssl_vae.auxiliary import (
-    AuxiliaryVariable,
-    auxiliary_bound,
-    gaussian_log_density,
-)
-from gendisc.models.ssl_vae.bound import (
-    classification_weight,
-    draw_gaussian,
-    dynamic_binarize,
-    labeled_bound,
-    split_decoded_variance,
-    unlabeled_bound,
-)
-from gendisc.models.ssl_vae.m1 import M1FrontEnd
 from gendisc.models.ssl_vae.module import SSLVAEModule
-from gendisc.models.ssl_vae.options import AUXILIARY_KINDS, read_options
 
-__all__ = [
-    "AUXILIARY_KINDS",
-    "AuxiliaryVariable",
-    "M1FrontEnd",
-    "SSLVAEModule",
-    "auxiliary_bound",
-    "classification_weight",
-    "draw_gaussian",
-    "dynamic_binarize",
-    "gaussian_log_density",
-    "labeled_bound",
-    "read_options",
-    "split_decoded_variance",
-    "unlabeled_bound",
-]
+__all__ = ["SSLVAEModule"]
