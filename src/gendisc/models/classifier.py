@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gendisc.guards import raise_if_not_finite
+from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.finetune import FineTuning
 from gendisc.models.transfer import TransferReport, load_backbone_weights
@@ -75,7 +76,7 @@ class ClassifierModule(ClassifierEvaluation):
             self.finetune.keep_frozen_in_eval(self.net)
         return self
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits = self(batch["x"])
         loss = F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
         raise_if_not_finite(loss, "classifier loss", self)

@@ -24,6 +24,7 @@ from gendisc.losses import (
 )
 from gendisc.models.adversarial import AdversarialModule
 from gendisc.models.bad_gan import BadGANTerms
+from gendisc.models.contract import Batch
 from gendisc.models.finetune import FineTuning
 from gendisc.nets.layers import data_dependent_init
 
@@ -132,12 +133,12 @@ class SSLGANModule(AdversarialModule):
         """K class logits from the EMA discriminator when enabled (noise off in eval mode)."""
         return self.d_ema.shadow(x) if self.d_ema is not None else self.discriminator(x)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Validation metrics of the evaluated D (EMA when enabled); with the EMA on, also the
         accuracy of the raw D as ``val/acc_raw`` (how far the average lags or smooths)."""
         super().validation_step(batch, batch_idx)
         if self.val_acc_raw is not None:
-            images, labels = batch
+            images, labels = batch["x"], batch["y"]
             self.val_acc_raw.update(self.discriminator(images), labels)
             self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
@@ -169,7 +170,7 @@ class SSLGANModule(AdversarialModule):
         data_dependent_init(self.discriminator, images.to(self.device))
         data_dependent_init(self.generator, self.generator.sample_latent(count, device=self.device))
 
-    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+    def discriminator_loss(self, batch: Batch, batch_idx: int) -> tuple[Tensor, dict]:
         """``L_lab + w * L_unl`` on the labeled, unlabeled and a generated batch."""
         x_lab, y_lab, x_unl = batch["x"], batch["y"], batch["x_unl"]
         with torch.no_grad():
@@ -201,7 +202,7 @@ class SSLGANModule(AdversarialModule):
             }
         return d_loss, stats
 
-    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def generator_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         """The configured generator objective on a fresh generated batch (plus the Bad GAN
         terms when ``bad_gan`` is set)."""
         x_real = batch.get("x_unl2", batch["x_unl"])

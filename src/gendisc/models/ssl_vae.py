@@ -536,13 +536,13 @@ class SSLVAEModule(ClassifierEvaluation):
         bound, _ = self.unlabeled(x)
         self.log(f"{stage}/elbo", bound.mean(), on_epoch=True, sync_dist=True, batch_size=len(x))
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        self._log_bound(batch[0], "val")
+        self._log_bound(batch["x"], "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        self._log_bound(batch[0], "test")
+        self._log_bound(batch["x"], "test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
