@@ -150,34 +150,56 @@ def test_every_module_with_a_classifier_net_trains_with_a_backbone(make_cfg, tmp
     assert 0 <= train(make_cfg(augmented, name="augmented"))["test/acc"] <= 1
 
 
-def test_fine_tuning_freezes_then_unfreezes_the_trunk(make_cfg, tmp_path, monkeypatch):
-    from gendisc.models.classifier import ClassifierModule
+FINE_TUNED = {  # model -> (module class, its net's attribute, the net's options, D's lr)
+    "classifier": ("gendisc.models.classifier.ClassifierModule", "net", BACKBONE, 1e-3),
+    "ssl_gan": (
+        "gendisc.models.ssl_gan.SSLGANModule",
+        "discriminator",
+        ["model/net@model.discriminator=backbone", "model.discriminator.name=resnet18"],
+        3e-3,
+    ),
+}
 
+
+@pytest.mark.parametrize("model", list(FINE_TUNED))
+def test_fine_tuning_freezes_then_unfreezes_the_trunk(model, make_cfg, tmp_path, monkeypatch):
+    """model=classifier's net and model=ssl_gan's discriminator: epoch 0 trains the head only
+    (the trunk's weights and batch-norm statistics stay), epoch 1 the whole net, the trunk at
+    a tenth of the rate throughout."""
+    import importlib
+
+    path, attribute, net_options, lr = FINE_TUNED[model]
+    module_name, class_name = path.rsplit(".", 1)
+    module_class = getattr(importlib.import_module(module_name), class_name)
     seen = []
-    original = ClassifierModule.on_train_epoch_start
+    original = module_class.on_train_epoch_start
 
     def spy(self):
         original(self)
-        model = self.net.model
+        trunk = getattr(self, attribute).model
         seen.append(
             {
                 "epoch": self.current_epoch,
-                "grad": model.conv1.weight.requires_grad,
-                "bn_training": model.bn1.training,
+                "grad": trunk.conv1.weight.requires_grad,
+                "bn_training": trunk.bn1.training,
                 "lrs": [group["lr"] for group in self.trainer.optimizers[0].param_groups],
-                "conv1": model.conv1.weight.detach().clone(),
-                "bn_mean": model.bn1.running_mean.clone(),
+                "conv1": trunk.conv1.weight.detach().clone(),
+                "bn_mean": trunk.bn1.running_mean.clone(),
             }
         )
 
-    monkeypatch.setattr(ClassifierModule, "on_train_epoch_start", spy)
+    monkeypatch.setattr(module_class, "on_train_epoch_start", spy)
     options = [
-        "model.freeze_backbone=true",
-        "model.unfreeze_epoch=1",
-        "model.backbone_lr_scale=0.1",
-        "model.scheduler=null",
+        "model.finetune.freeze_backbone=true",
+        "model.finetune.unfreeze_epoch=1",
+        "model.finetune.backbone_lr_scale=0.1",
     ]
-    train(make_cfg(["model=classifier", *BACKBONE, *options, *TINY, "trainer.max_epochs=2"]))
+    if model == "classifier":
+        options.append("model.scheduler=null")
+    else:
+        options += ["model.d_ema_decay=null", "model.init_images=0"]
+    cfg = make_cfg([f"model={model}", *net_options, *options, *TINY, "trainer.max_epochs=2"])
+    metrics = train(cfg)
     first, second = seen
     assert (first["epoch"], first["grad"], first["bn_training"]) == (0, False, False)
     assert (second["epoch"], second["grad"], second["bn_training"]) == (1, True, True)
@@ -185,12 +207,15 @@ def test_fine_tuning_freezes_then_unfreezes_the_trunk(make_cfg, tmp_path, monkey
     assert torch.equal(first["conv1"], second["conv1"])
     assert torch.equal(first["bn_mean"], second["bn_mean"])
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert not torch.equal(state["state_dict"]["net.model.conv1.weight"], second["conv1"])
-    assert first["lrs"] == pytest.approx([1e-3, 1e-4]) and second["lrs"] == first["lrs"]
+    trained = state["state_dict"][f"{attribute}.model.conv1.weight"]
+    assert not torch.equal(trained, second["conv1"])  # epoch 1 trained it
+    assert first["lrs"] == pytest.approx([lr, lr / 10]) and second["lrs"] == first["lrs"]
+    if model == "ssl_gan":
+        assert math.isfinite(metrics["train/g_loss"])  # G trained against the frozen trunk
 
 
 def test_unfreeze_epoch_needs_a_frozen_backbone(make_cfg):
     from gendisc.utils.build import build
 
-    with pytest.raises(Exception, match=r"model\.freeze_backbone=true"):
-        build(make_cfg(["model=classifier", "model.unfreeze_epoch=2"]))
+    with pytest.raises(Exception, match=r"model\.finetune\.freeze_backbone=true"):
+        build(make_cfg(["model=classifier", "model.finetune.unfreeze_epoch=2"]))

@@ -71,7 +71,8 @@ def test_digits_datamodule_counts_and_test_split_untouched():
     assert dm.image_shape == (1, 8, 8) and dm.num_classes == 10
     labeled_labels = dm.train_labels[dm.labeled_index]
     assert torch.bincount(labeled_labels, minlength=10).tolist() == [10] * 10
-    images, labels = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()))
+    images, labels = batch["x"], batch["y"]
     assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
     assert len(labels) == 360
 

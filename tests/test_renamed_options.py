@@ -25,6 +25,9 @@ NEW_NAME = {
     "ema_decay": "model.g_ema_decay",
     "feature_matching": "model.generator_objective=feature_matching",
     "generator_steps": "model.g_steps_per_d_step",
+    "freeze_backbone": "model.finetune.freeze_backbone",
+    "unfreeze_epoch": "model.finetune.unfreeze_epoch",
+    "backbone_lr_scale": "model.finetune.backbone_lr_scale",
 }
 
 
@@ -113,6 +116,37 @@ def test_a_checkpoint_written_before_the_rename_still_loads(
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert (loaded.d_ema is not None) == (module.d_ema is not None)
+
+
+def test_a_classifier_checkpoint_with_top_level_fine_tuning_options_still_loads(make_cfg, tmp_path):
+    """Written before the fine-tuning options moved into model.finetune: read with them moved."""
+    cfg = make_cfg(["model=classifier", "model.finetune.freeze_backbone=true"])
+    _, module = build(cfg)
+    module.run_cfg = cfg
+    path = tmp_path / "old.ckpt"
+    old_checkpoint(module, path, {}, None)
+    stored = torch.load(path, weights_only=True)
+    for where in (stored[CONFIG_KEY]["model"], stored["hyper_parameters"]):
+        where.update(where.pop("finetune"))  # the old layout: top-level options
+    torch.save(stored, path)
+    loaded = load_module(path)
+    assert loaded.finetune.freeze_backbone and loaded.finetune.frozen
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_migration_moves_options_into_their_sub_config():
+    stored = {"_target_": "gendisc.models.classifier.ClassifierModule", "unfreeze_epoch": 3}
+    stored.update(freeze_backbone=True, backbone_lr_scale=0.5)
+    assert migrate_renamed_keys(stored) == [
+        "freeze_backbone -> finetune.freeze_backbone",
+        "unfreeze_epoch -> finetune.unfreeze_epoch",
+        "backbone_lr_scale -> finetune.backbone_lr_scale",
+    ]
+    assert stored == {
+        "_target_": "gendisc.models.classifier.ClassifierModule",
+        "finetune": {"freeze_backbone": True, "unfreeze_epoch": 3, "backbone_lr_scale": 0.5},
+    }
 
 
 def test_migration_reads_feature_matching_as_the_generator_objective():

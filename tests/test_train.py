@@ -303,7 +303,9 @@ def test_transfer_learning_loads_backbone_and_freezes(make_cfg, tmp_path):
     from gendisc.utils.build import build
 
     _, model = build(
-        make_cfg(["model=classifier", f"model.init_from={ckpt}", "model.freeze_backbone=true"])
+        make_cfg(
+            ["model=classifier", f"model.init_from={ckpt}", "model.finetune.freeze_backbone=true"]
+        )
     )
     source = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     report = model.transfer_report

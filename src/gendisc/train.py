@@ -134,7 +134,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         return optimized_value(cfg, train(cfg))
     except Exception as error:
-        return handle_failure(output_dir, error, worker=worker)
+        return handle_failure(
+            output_dir, error, worker=worker, last=resume.last_checkpoint_file(cfg)
+        )
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ def tiled_permutation(size: int, length: int, generator: torch.Generator) -> Ten
 
 
 class EvalBatches:
-    """Sequential (images, labels) batches over this rank's shard, for validation and test."""
+    """Sequential ``{"x": images, "y": labels}`` batches over this rank's shard, for validation
+    and test (the same batch type as training: ``gendisc.models.contract.Batch``)."""
 
     def __init__(
         self, images: Tensor, labels: Tensor, batch_size: int, rank: int = 0, world_size: int = 1
@@ -38,10 +39,10 @@ class EvalBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
         for start in range(0, len(self.labels), self.batch_size):
             stop = start + self.batch_size
-            yield to_unit_range(self.images[start:stop]), self.labels[start:stop]
+            yield {"x": to_unit_range(self.images[start:stop]), "y": self.labels[start:stop]}
 
 
 class TrainBatches:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from gendisc.errors import ConfigError
 from gendisc.guards import NonFiniteCheck
 from gendisc.losses import feature_matching_loss
+from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.sampling import Sampler, generator_sampler
 from gendisc.nets.ema import ExponentialMovingAverage
@@ -134,11 +135,11 @@ class AdversarialModule(ClassifierEvaluation):
             self.g_ema = ExponentialMovingAverage(self.generator, g_ema_decay)
 
     # ------------------------------------------------------------------- module-specific parts
-    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+    def discriminator_loss(self, batch: Batch, batch_idx: int) -> tuple[Tensor, dict]:
         """D's loss on one training batch and the statistics to log (tensors, no sync)."""
         raise NotImplementedError
 
-    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def generator_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         """G's loss for one G update on this training batch (D is frozen)."""
         raise NotImplementedError
 
@@ -231,7 +232,7 @@ class AdversarialModule(ClassifierEvaluation):
         """D's input for the reference images (a module that adds label planes overrides it)."""
         return images
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
         d_optimizer, g_optimizer = self.optimizers()
         d_loss, stats = self.discriminator_loss(batch, batch_idx)
         self.nonfinite.check(d_loss, "discriminator loss", batch_idx)

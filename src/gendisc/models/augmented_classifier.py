@@ -15,6 +15,7 @@ from gendisc.checkpoints import check_checkpoint, load_module
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
 from gendisc.models.classifier import ClassifierModule
+from gendisc.models.contract import Batch
 from gendisc.models.sampling import Sampler, sampler_for
 
 
@@ -105,7 +106,7 @@ class AugmentedClassifierModule(ClassifierModule):
         if self.synthetic_ratio > 0 and self.synthetic is None:
             self.synthetic = self.load_generator()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self.synthetic is None:
             return super().training_step(batch, batch_idx)
         x, y = batch["x"], batch["y"]

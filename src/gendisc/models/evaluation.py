@@ -20,6 +20,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from gendisc.models.contract import Batch
+
 
 class MacroAUROC(MulticlassAUROC):
     """Macro one-vs-rest AUROC over the classes that have positives and negatives in the
@@ -71,7 +73,8 @@ def per_class_metrics(num_classes: int) -> MetricCollection:
 
 
 class ClassifierEvaluation(LightningModule):
-    """Validation and test for modules that classify with ``self.classify(x) -> logits``.
+    """The base of every gendisc model: validation and test from ``self.classify(x) -> logits``
+    (the evaluation half of the model contract, ``gendisc.models.contract``).
 
     Logs ``val/loss``, ``val/acc``, ``val/precision``, ``val/recall``, ``val/f1``, ``val/auroc``
     each validation epoch and the same under ``test/`` at test time, where per-class precision/recall and the
@@ -109,10 +112,8 @@ class ClassifierEvaluation(LightningModule):
         for target in (net, *copies):
             target.set_minibatch_reference(reference)
 
-    def _evaluate(
-        self, batch: tuple[Tensor, Tensor], stage: str, metrics: MetricCollection
-    ) -> Tensor:
-        images, labels = batch
+    def _evaluate(self, batch: Batch, stage: str, metrics: MetricCollection) -> Tensor:
+        images, labels = batch["x"], batch["y"]
         logits = self.classify(images)
         loss = F.cross_entropy(logits, labels)
         # probabilities, not logits: torchmetrics' AUROC would take logits that happen to lie
@@ -121,13 +122,13 @@ class ClassifierEvaluation(LightningModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         return logits
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
         self.log_dict(self.val_metrics, on_epoch=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self._evaluate(batch, "test", self.test_metrics)
-        self.test_details.update(logits, batch[1])
+        self.test_details.update(logits, batch["y"])
         self.log_dict(self.test_metrics, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
 from gendisc.losses import fixmatch_unlabeled_loss
+from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.nets.ema import ExponentialMovingAverage
 
@@ -104,7 +105,7 @@ class FixMatchModule(ClassifierEvaluation):
             self.net, lambda n: datamodule.labeled_sample(n, seed=1), copies
         )
 
-    def unlabeled_images(self, batch: dict[str, Tensor]) -> Tensor:
+    def unlabeled_images(self, batch: Batch) -> Tensor:
         """The step's mu unlabeled batches, as one."""
         keys = ["x_unl", *(f"x_unl{i}" for i in range(2, self.unlabeled_streams + 1))]
         missing = [key for key in keys if key not in batch]
@@ -112,7 +113,7 @@ class FixMatchModule(ClassifierEvaluation):
             raise ConfigError(f"model=fixmatch: the training batch lacks {missing}.")
         return torch.cat([batch[key] for key in keys])
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, y = batch["x"], batch["y"]
         unlabeled = self.unlabeled_images(batch)
         views = torch.cat([self.weak(x), self.weak(unlabeled), self.strong(unlabeled)])

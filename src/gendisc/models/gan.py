@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from gendisc.errors import ConfigError
 from gendisc.losses import GAN_KINDS, HistoricalAverage, discriminator_loss, generator_loss
 from gendisc.models.adversarial import AdversarialModule
+from gendisc.models.contract import Batch
 from gendisc.nets.layers import data_dependent_init
 
 Conditioning = Literal["projection", "concat"]
@@ -249,13 +250,13 @@ class GANModule(AdversarialModule):
         else:
             self.g_history.update(self.generator)
 
-    def _real_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    def _real_batch(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """The conditional GAN learns from the labeled batch, the unconditional from the pool."""
         if self.conditional:
             return batch["x"], batch["y"]
         return batch["x_unl"], None
 
-    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+    def discriminator_loss(self, batch: Batch, batch_idx: int) -> tuple[Tensor, dict]:
         """D's adversarial loss on the real batch and a generated one (+ historical averaging)."""
         real, labels = self._real_batch(batch)
         sigma = self.current_instance_noise(batch_idx)
@@ -277,7 +278,7 @@ class GANModule(AdversarialModule):
                 stats["train/instance_noise"] = torch.tensor(sigma, device=real.device)
         return d_loss, stats
 
-    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def generator_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         real, labels = self._real_batch(batch)
         return self.generator_loss_on(
             real, labels, real.shape[0], self.current_instance_noise(batch_idx)
@@ -323,14 +324,14 @@ class GANModule(AdversarialModule):
         ]
 
     # ----------------------------------------------------------------------------- evaluation
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        images, labels = batch
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, labels = batch["x"], batch["y"]
         real_logit = self(images, labels if self.conditional else None)
         self.log("val/d_real", torch.sigmoid(real_logit).mean(), batch_size=len(images))
         if self.conditional:
             super().validation_step(batch, batch_idx)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         if self.conditional:
             super().test_step(batch, batch_idx)
 

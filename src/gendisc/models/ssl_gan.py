@@ -24,6 +24,8 @@ from gendisc.losses import (
 )
 from gendisc.models.adversarial import AdversarialModule
 from gendisc.models.bad_gan import BadGANTerms
+from gendisc.models.contract import Batch
+from gendisc.models.finetune import FineTuning
 from gendisc.nets.layers import data_dependent_init
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
@@ -56,6 +58,8 @@ class SSLGANModule(AdversarialModule):
             layer; see ``AdversarialModule``).
         bad_gan: null, or the Bad GAN terms' options (``gendisc.models.bad_gan.BadGANTerms``):
             a complement generator (Dai et al. 2017).
+        finetune: how D's backbone trains beside its head (``gendisc.models.finetune``: a
+            pretrained D frozen, unfrozen at an epoch, or at a smaller rate); null: all of it.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class SSLGANModule(AdversarialModule):
         lr_decay_epochs: int = 0,
         concat_d_pass: bool | str = "auto",
         bad_gan: dict[str, Any] | None = None,
+        finetune: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             num_classes,
@@ -100,6 +105,8 @@ class SSLGANModule(AdversarialModule):
             ignore=["discriminator", "generator", "d_optimizer", "g_optimizer", "bad_gan"]
         )
         self.discriminator = discriminator(in_shape=tuple(in_shape), num_classes=num_classes)
+        self.finetune = FineTuning(**(finetune or {}))
+        self.finetune.start(self.discriminator)
         self.generator = generator(out_shape=tuple(in_shape))
         self.bad_gan = (
             BadGANTerms(tuple(in_shape), self.generator.latent_dim, **bad_gan) if bad_gan else None
@@ -126,12 +133,12 @@ class SSLGANModule(AdversarialModule):
         """K class logits from the EMA discriminator when enabled (noise off in eval mode)."""
         return self.d_ema.shadow(x) if self.d_ema is not None else self.discriminator(x)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Validation metrics of the evaluated D (EMA when enabled); with the EMA on, also the
         accuracy of the raw D as ``val/acc_raw`` (how far the average lags or smooths)."""
         super().validation_step(batch, batch_idx)
         if self.val_acc_raw is not None:
-            images, labels = batch
+            images, labels = batch["x"], batch["y"]
             self.val_acc_raw.update(self.discriminator(images), labels)
             self.log("val/acc_raw", self.val_acc_raw, on_epoch=True)
 
@@ -147,13 +154,23 @@ class SSLGANModule(AdversarialModule):
             datamodule = self.trainer.datamodule
             self.bad_gan.load_density(lambda n: datamodule.unlabeled_sample(n, seed=2), self.device)
 
+    def on_train_epoch_start(self) -> None:
+        self.finetune.on_epoch_start(self.discriminator, self.current_epoch)
+
+    def train(self, mode: bool = True) -> SSLGANModule:
+        """A frozen D backbone also keeps its batch-norm statistics and dropout in eval mode."""
+        super().train(mode)
+        if mode and hasattr(self, "finetune"):
+            self.finetune.keep_frozen_in_eval(self.discriminator)
+        return self
+
     def data_init(self, count: int) -> None:
         """D's layers from ``count`` unlabeled images (a fixed draw), G's from ``count`` latents."""
         images = self.trainer.datamodule.unlabeled_sample(count, seed=0)
         data_dependent_init(self.discriminator, images.to(self.device))
         data_dependent_init(self.generator, self.generator.sample_latent(count, device=self.device))
 
-    def discriminator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> tuple[Tensor, dict]:
+    def discriminator_loss(self, batch: Batch, batch_idx: int) -> tuple[Tensor, dict]:
         """``L_lab + w * L_unl`` on the labeled, unlabeled and a generated batch."""
         x_lab, y_lab, x_unl = batch["x"], batch["y"], batch["x_unl"]
         with torch.no_grad():
@@ -185,7 +202,7 @@ class SSLGANModule(AdversarialModule):
             }
         return d_loss, stats
 
-    def generator_loss(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def generator_loss(self, batch: Batch, batch_idx: int) -> Tensor:
         """The configured generator objective on a fresh generated batch (plus the Bad GAN
         terms when ``bad_gan`` is set)."""
         x_real = batch.get("x_unl2", batch["x_unl"])
@@ -213,7 +230,10 @@ class SSLGANModule(AdversarialModule):
         )
 
     def configure_optimizers(self) -> Any:
-        d_optimizer = self.d_optimizer_factory(params=self.discriminator.parameters())
+        d_optimizer = self.d_optimizer_factory(
+            params=self.finetune.parameter_groups(self.discriminator)
+        )
+        self.finetune.scale_backbone_lr(d_optimizer)
         g_parameters = list(self.generator.parameters())
         if self.bad_gan is not None and self.bad_gan.encoder is not None:
             g_parameters += list(self.bad_gan.encoder.parameters())  # trained with G

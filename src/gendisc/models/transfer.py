@@ -10,12 +10,10 @@ from torch import nn
 
 from gendisc.checkpoints import read_checkpoint_state
 from gendisc.errors import ConfigError
+from gendisc.nets.classifiers import HEAD_PREFIXES
 from gendisc.nets.weights import match_weights
 
 log = logging.getLogger(__name__)
-
-# Parts of a classifier net that are not backbone: they depend on the task, not the data.
-HEAD_PREFIXES = ("head.", "minibatch_disc.")
 
 
 @dataclass

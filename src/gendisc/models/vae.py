@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
+from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.sampling import Sampler
 
@@ -205,7 +206,7 @@ class VAEModule(ClassifierEvaluation):
             **kwargs,
         )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self.conditional:
             x, y = batch["x"], batch["y"]
         else:
@@ -217,17 +218,17 @@ class VAEModule(ClassifierEvaluation):
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
-    def _eval_terms(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
+    def _eval_terms(self, batch: Batch, stage: str) -> None:
+        x, y = batch["x"], batch["y"]
         recon, kl = self.terms(x, y if self.conditional else None)
         self._log_terms(stage, recon, kl, on_epoch=True, sync_dist=True, batch_size=len(x))
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_terms(batch, "val")
         if self.conditional:
             super().validation_step(batch, batch_idx)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_terms(batch, "test")
         if self.conditional:
             super().test_step(batch, batch_idx)

@@ -5,7 +5,7 @@ features; gendisc's own head (and, when asked, minibatch discrimination) sits on
 every gendisc classifier net. So a backbone serves wherever a classifier net does: the
 classifier, ssl_gan's discriminator (K logits, the implicit fake logit, feature matching on the
 pooled features) and the classifier of augmented_classifier; its trunk is ``model.*``, its head
-``head.*`` (what ``model.freeze_backbone`` keeps training).
+``head.*`` (what ``model.finetune.freeze_backbone`` keeps training).
 
 Input adaptation, explicit: gendisc's images in [-1, 1] are mapped to [0, 1], grayscale images
 repeated to the 3 channels the libraries' models expect, resized on the device (bilinear) to

@@ -26,12 +26,14 @@ from gendisc.nets.layers import (
 )
 
 __all__ = [
+    "HEAD_PREFIXES",
     "ClassifierNet",
     "ConvNet",
     "MLPClassifier",
     "ResNet",
     "SalimansConvDiscriminator",
     "SalimansMLPDiscriminator",
+    "is_head",
 ]
 
 
@@ -82,6 +84,15 @@ def _conv(
 
 def _down(size: int, stride: int, kernel: int = 3, padding: int = 1) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+# Parts of a classifier net that are not backbone: they depend on the task, not the data.
+HEAD_PREFIXES = ("head.", "minibatch_disc.")
+
+
+def is_head(name: str) -> bool:
+    """Whether the parameter or child ``name`` of a classifier net belongs to its head."""
+    return f"{name}.".startswith(HEAD_PREFIXES)
 
 
 class ClassifierNet(nn.Module):

@@ -45,6 +45,7 @@ from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT, print_config_tree, register_resolvers
 from gendisc.utils.failures import exit_on_gendisc_error
+from gendisc.utils.resume import checkpoint_dir, last_checkpoint_file
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -96,14 +97,13 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def stage_checkpoint(cfg: DictConfig, output_dir: Path) -> Path:
-    """The checkpoint stage 1 was tested with: the kept best one when ``test_ckpt=best``
-    (and one exists), else ``last.ckpt``."""
-    folder = output_dir / "checkpoints"
-    last = folder / "last.ckpt"
+def stage_checkpoint(cfg: DictConfig) -> Path:
+    """The checkpoint stage 1 (run with ``cfg``) was tested with: the kept best one when
+    ``test_ckpt=best`` (and one exists), else its last checkpoint."""
+    folder, last = checkpoint_dir(cfg), last_checkpoint_file(cfg)
     if cfg.get("test_ckpt") in ("best", "both"):
         kept = sorted(
-            (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"),
+            (p for p in folder.glob("*.ckpt") if p.name != last.name),
             key=lambda p: p.stat().st_mtime,
         )
         if kept:
@@ -157,7 +157,7 @@ def run_two_stage(cfg: DictConfig, overrides: list[str], output_dir: str | Path)
             f"{cfg.data.dataset}: make them the same dataset"
         )
     generator_cfg, generator_metrics = run_stage(stage1, output_dir / GENERATOR_DIR, print_config)
-    checkpoint = stage_checkpoint(generator_cfg, output_dir / GENERATOR_DIR)
+    checkpoint = stage_checkpoint(generator_cfg)
     stage2 = [*overrides, f"model.generator_ckpt={quoted(checkpoint)}"]
     _, classifier_metrics = run_stage(stage2, output_dir / CLASSIFIER_DIR, print_config)
     result: dict[str, Any] = {

@@ -6,6 +6,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from gendisc.errors import ConfigError
+from gendisc.models.contract import missing_parts
 from gendisc.utils.config import check_renamed_keys
 
 
@@ -25,5 +27,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         class_names=datamodule.class_names,
         _convert_="all",
     )
-    datamodule.unlabeled_streams = getattr(model, "unlabeled_streams", 0)
+    missing = missing_parts(model)
+    if missing:
+        raise ConfigError(
+            f"model._target_={cfg.model.get('_target_')} is not a gendisc model: it lacks "
+            f"{', '.join(missing)} (the model contract: gendisc/models/contract.py; README "
+            "'Add a model'). Subclass gendisc.models.evaluation.ClassifierEvaluation and set "
+            "unlabeled_streams."
+        )
+    datamodule.unlabeled_streams = int(model.unlabeled_streams)
     return datamodule, model

@@ -100,6 +100,17 @@ RENAMED_MODEL_KEYS = {
         "model.generator_objective=${model.loss}, the default)"
     ),
     "generator_steps": "model.g_steps_per_d_step (G updates per D update)",
+    # fine-tuning options, one sub-config since ssl_gan's discriminator has them too
+    **{
+        name: f"model.finetune.{name} (conf/model/finetune/default.yaml)"
+        for name in ("freeze_backbone", "unfreeze_epoch", "backbone_lr_scale")
+    },
+}
+# old top-level model option -> its place in a sub-config (read from a stored config)
+MOVED_MODEL_KEYS = {
+    "freeze_backbone": ("finetune", "freeze_backbone"),
+    "unfreeze_epoch": ("finetune", "unfreeze_epoch"),
+    "backbone_lr_scale": ("finetune", "backbone_lr_scale"),
 }
 
 
@@ -136,6 +147,10 @@ def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> li
         if model.pop("feature_matching"):
             model["generator_objective"] = "feature_matching"
         done.append("feature_matching -> generator_objective")
+    for old, (section, new) in MOVED_MODEL_KEYS.items():
+        if old in model:
+            model.setdefault(section, {})[new] = model.pop(old)
+            done.append(f"{old} -> {section}.{new}")
     if _is_ssl_vae(module):
         done += migrate_ssl_vae_keys(model)
     return done

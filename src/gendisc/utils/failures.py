@@ -41,18 +41,20 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def record_failure(output_dir: Path, error: BaseException, name: str = "failure.json") -> Path:
-    """Write ``failure.json`` in the run directory: the error and where the run had got to."""
+def record_failure(
+    output_dir: Path, error: BaseException, name: str = "failure.json", last: Path | None = None
+) -> Path:
+    """Write ``failure.json`` in the run directory: the error and where the run had got to
+    (``last``: the run's last checkpoint file, ``resume.last_checkpoint_file``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     cause = gendisc_cause(error) or error
-    last = output_dir / "checkpoints" / "last.ckpt"
     record = {
         "status": "failed",
         "error_type": type(cause).__name__,
         "error": str(cause),
         "overrides": job_overrides(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "last_checkpoint": str(last) if last.is_file() else None,
+        "last_checkpoint": str(last) if last is not None and last.is_file() else None,
         "traceback": "".join(traceback.format_exception(error)),
     }
     path = output_dir / name
@@ -67,7 +69,9 @@ def set_aside_old_failure(output_dir: Path) -> None:
         old.replace(output_dir / "failure.previous.json")
 
 
-def handle_failure(output_dir: Path, error: Exception, worker: bool) -> float:
+def handle_failure(
+    output_dir: Path, error: Exception, worker: bool, last: Path | None = None
+) -> float:
     """Record a failed job; NaN in a multirun so the sweep goes on, else raise again.
 
     Rank 0 writes ``failure.json``, a DDP worker ``failure_rank<N>.json``. A single run that
@@ -75,11 +79,11 @@ def handle_failure(output_dir: Path, error: Exception, worker: bool) -> float:
     """
     rank = global_rank()
     if worker:  # rank 0 records the job's failure; a worker keeps its own record
-        record_failure(output_dir, error, name=f"failure_rank{rank}.json")
+        record_failure(output_dir, error, name=f"failure_rank{rank}.json", last=last)
         if os.environ.get(DDP_MULTIRUN_ENV) == "1":
             return math.nan  # a non-zero exit would make Lightning kill the whole sweep
         raise error
-    path = record_failure(output_dir, error) if rank == 0 else output_dir
+    path = record_failure(output_dir, error, last=last) if rank == 0 else output_dir
     if is_multirun():
         log.error(
             "Job failed (%s: %s); recorded in %s; the sweep goes on.",

@@ -39,6 +39,13 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
+def last_checkpoint_file(cfg: DictConfig) -> Path:
+    """Where ``callbacks.last_checkpoint`` writes the run's latest state (``last.ckpt`` in its
+    ``dirpath``, else in :func:`checkpoint_dir`): the one place that names that file."""
+    dirpath = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath")
+    return (Path(dirpath) if dirpath else checkpoint_dir(cfg)) / "last.ckpt"
+
+
 def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
     """With ``ckpt_path=last``, the metrics.json of this run directory when its run already
     finished (all ``trainer.max_epochs`` epochs, and tested when the config tests), else None.
@@ -83,7 +90,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if not path.is_file():
             raise ConfigError(f"ckpt_path={value}: no such checkpoint file.")
         return str(path)
-    path = checkpoint_dir(cfg) / "last.ckpt"
+    path = last_checkpoint_file(cfg)
     if path.is_file():
         return str(path)
     if is_multirun():
@@ -199,8 +206,8 @@ def instantiate_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
 
 
 def last_checkpoint(cfg: DictConfig) -> str:
-    """``<run dir>/checkpoints/last.ckpt`` (callbacks.last_checkpoint) when it exists."""
-    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    """:func:`last_checkpoint_file` when it exists, else ''."""
+    path = last_checkpoint_file(cfg)
     return str(path) if path.is_file() else ""
 
 

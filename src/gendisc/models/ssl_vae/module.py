@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 
 from gendisc.errors import ConfigError
 from gendisc.guards import raise_if_not_finite
+from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
 from gendisc.models.sampling import Sampler
 from gendisc.models.ssl_vae.auxiliary import AuxiliaryDraw, AuxiliaryVariable
@@ -314,7 +315,7 @@ class SSLVAEModule(ClassifierEvaluation):
         x = dynamic_binarize(x) if self.likelihood.binarize else x
         return x.repeat(self.mc_samples, *([1] * (x.dim() - 1))) if self.mc_samples > 1 else x
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         sample = self.sample_m1_features
         h_lab = self.features(self.training_images(batch["x"]), sample)
         h_unl = self.features(self.training_images(batch["x_unl"]), sample)
@@ -345,13 +346,13 @@ class SSLVAEModule(ClassifierEvaluation):
         bound, _ = self.unlabeled(self.features(x, sample=True))
         self.log(f"{stage}/elbo", bound.mean(), on_epoch=True, sync_dist=True, batch_size=len(x))
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        self._log_bound(batch[0], "val")
+        self._log_bound(batch["x"], "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        self._log_bound(batch[0], "test")
+        self._log_bound(batch["x"], "test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
