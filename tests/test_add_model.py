@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from gendisc.errors import ConfigError
 from gendisc.eval import evaluate
 from gendisc.report.cli import main as report
+from gendisc.train import train
 from gendisc.trusted import TRUSTED_ENV, UntrustedConfigError
 from gendisc.utils.build import build
 from gendisc.utils.config import PROJECT_ROOT
@@ -101,3 +102,28 @@ def test_the_contract_is_checked_when_the_model_is_built(own_model, tmp_path):
         cfg.model = {"_target_": "torch.nn.Identity"}  # takes any arguments, has none of it
     with pytest.raises(ConfigError, match=r"not a gendisc model: it lacks unlabeled_streams.*"):
         build(cfg)
+
+
+def test_a_metric_is_one_callback_and_one_yaml(tmp_path, monkeypatch):
+    """README "Add a metric": its callback and YAML, added to a run with callbacks=[default,top2]."""
+    section = readme_section("Add a metric")
+    [python], [config] = code_blocks(section, "python"), code_blocks(section, "yaml")
+    package = tmp_path / "code" / "mylab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "top2.py").write_text(python)
+    conf = tmp_path / "conf" / "callbacks"
+    conf.mkdir(parents=True)
+    (conf / "top2.yaml").write_text(config)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    overrides = [
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "callbacks=[default,top2]",
+        "model=classifier",
+        "trainer.max_epochs=2",
+    ]
+    run = tmp_path / "run"
+    metrics = train(compose_config(overrides, run))
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["test/acc_top2"] == pytest.approx(metrics["test/acc_top2"])
+    assert metrics["test/acc"] <= metrics["test/acc_top2"] <= 1

@@ -28,8 +28,7 @@ def test_classifier_with_minibatch_discrimination_takes_its_reference_from_the_l
         [
             "model=classifier",
             "model/net=salimans_mlp",
-            "model.net.minibatch_discrimination=true",
-            "model.net.mbd_reference_size=50",
+            "model.net.minibatch_discrimination={reference_size:50}",
             "data.labels_per_class=3",
         ]
     )
@@ -60,8 +59,7 @@ def test_restored_reference_is_kept(make_cfg):
         [
             "model=classifier",
             "model/net=salimans_mlp",
-            "model.net.minibatch_discrimination=true",
-            "model.net.mbd_reference_size=20",
+            "model.net.minibatch_discrimination={reference_size:20}",
         ]
     )
     datamodule, model = build(cfg)

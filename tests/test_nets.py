@@ -73,7 +73,7 @@ def test_classifier_interface(name: str, shape: tuple[int, int, int]) -> None:
     assert net.minibatch_disc is None
     assert net.head.in_features == net.feature_dim
 
-    mbd = CLASSIFIERS[name](shape, minibatch_discrimination=True, mbd_kernels=7, mbd_dim=3)
+    mbd = CLASSIFIERS[name](shape, minibatch_discrimination={"kernels": 7, "dim": 3})
     assert mbd.head.in_features == mbd.feature_dim + 7
     assert mbd.minibatch_disc is not None and mbd.minibatch_disc.out_features == mbd.feature_dim + 7
     mbd.train()
@@ -292,7 +292,7 @@ def test_minibatch_reference_makes_evaluation_batch_independent() -> None:
     net.eval()
     with pytest.raises(GendiscError, match="set_minibatch_reference"):
         net(x[:5])
-    with pytest.raises(ConfigError, match="mbd_reference_size=100"):
+    with pytest.raises(ConfigError, match=r"minibatch_discrimination\.reference_size=100"):
         net.set_minibatch_reference(x[:50])
     reference = torch.rand(100, 1, 8, 8) * 2 - 1
     net.set_minibatch_reference(reference)
@@ -359,3 +359,26 @@ def test_minibatch_discrimination_ablation_reference_is_the_training_batch(make_
     net.set_minibatch_reference(datamodule.unlabeled_sample(net.minibatch_reference_size, seed=1))
     assert net.has_minibatch_reference()
     assert net.minibatch_disc.reference.min() >= -1 and net.minibatch_disc.reference.max() <= 1
+
+
+def test_minibatch_discrimination_is_one_setting() -> None:
+    """null/false: off; true: the paper's options; a mapping overrides some; others refused."""
+    from gendisc.nets.classifiers import MINIBATCH_DEFAULTS, minibatch_options
+
+    assert minibatch_options(None) is None and minibatch_options(False) is None
+    assert (
+        minibatch_options(True)
+        == MINIBATCH_DEFAULTS
+        == {
+            "kernels": 100,
+            "dim": 5,
+            "reference_size": 100,
+        }
+    )
+    assert minibatch_options({"dim": 3}) == {"kernels": 100, "dim": 3, "reference_size": 100}
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['kernel'\]"):
+        minibatch_options({"kernel": 3})
+    with pytest.raises(ConfigError, match="reference_size=0"):
+        minibatch_options({"reference_size": 0})
+    net = MLPClassifier((1, 8, 8), K, hidden=(16,), minibatch_discrimination={"kernels": 4})
+    assert net.minibatch_disc.num_kernels == 4 and net.minibatch_reference_size == 100

@@ -149,6 +149,30 @@ def test_migration_moves_options_into_their_sub_config():
     }
 
 
+def test_old_minibatch_options_are_refused_and_migrated(make_cfg):
+    """The four minibatch-discrimination options of a net became one setting: typed, the old
+    ones name it; stored, they are read as it."""
+    from gendisc.utils.config import renamed_override
+
+    message = renamed_override(["model.discriminator.mbd_kernels=50"])
+    assert "model.discriminator.minibatch_discrimination={kernels: ...}" in message
+    cfg = make_cfg(["model=ssl_gan", "+model.discriminator.mbd_dim=3"])
+    with pytest.raises(ConfigError, match=r"model\.discriminator\.mbd_dim was renamed"):
+        build(cfg)
+    stored = {
+        "_target_": "gendisc.models.ssl_gan.SSLGANModule",
+        "discriminator": {"minibatch_discrimination": True, "mbd_kernels": 50, "mbd_dim": 5},
+        "generator": {"latent_dim": 100},
+    }
+    assert migrate_renamed_keys(stored) == [
+        "discriminator.mbd_* -> discriminator.minibatch_discrimination"
+    ]
+    assert stored["discriminator"] == {"minibatch_discrimination": {"kernels": 50, "dim": 5}}
+    off = {"net": {"minibatch_discrimination": False, "mbd_kernels": 100}}
+    migrate_renamed_keys(off)
+    assert off == {"net": {"minibatch_discrimination": None}}
+
+
 def test_migration_reads_feature_matching_as_the_generator_objective():
     config = {"_target_": "gendisc.models.gan.GANModule", "feature_matching": True, "loss": "hinge"}
     assert migrate_renamed_keys(config) == ["feature_matching -> generator_objective"]

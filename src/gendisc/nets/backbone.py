@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from gendisc.checkpoints import read_checkpoint_state
 from gendisc.errors import ConfigError
-from gendisc.nets.classifiers import ClassifierNet
+from gendisc.nets.classifiers import ClassifierNet, MinibatchSetting
 from gendisc.nets.weights import match_weights
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class Backbone(ClassifierNet):
         input_size: side the images are resized to (null: kept, but at least ``min_size``).
         min_size: smallest side fed to the model (small images are upsampled).
         normalize: normalise with the weights' mean and std.
-        minibatch_discrimination, mbd_kernels, mbd_dim, mbd_reference_size: as in every
-            gendisc classifier net (the GAN discriminator's option).
+        minibatch_discrimination: as in every gendisc classifier net (null, true or
+            {kernels, dim, reference_size}: ``gendisc.nets.classifiers.minibatch_options``).
     """
 
     def __init__(
@@ -138,10 +138,7 @@ class Backbone(ClassifierNet):
         input_size: int | None = None,
         min_size: int = 32,
         normalize: bool = True,
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -159,14 +156,7 @@ class Backbone(ClassifierNet):
         self.normalize = bool(normalize)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self._build_head(
-            feature_dim,
-            num_classes,
-            minibatch_discrimination,
-            mbd_kernels,
-            mbd_dim,
-            mbd_reference_size,
-        )
+        self._build_head(feature_dim, num_classes, minibatch_discrimination)
         if pretrained and not from_library and str(pretrained).lower() != "false":
             self.load_pretrained(pretrained)
 

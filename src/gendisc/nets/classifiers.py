@@ -9,7 +9,7 @@ head's input). Everything except ``head.*`` and ``minibatch_disc.*`` is the back
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from gendisc.nets.layers import (
 
 __all__ = [
     "HEAD_PREFIXES",
+    "MINIBATCH_DEFAULTS",
     "ClassifierNet",
     "ConvNet",
     "MLPClassifier",
@@ -34,6 +35,7 @@ __all__ = [
     "SalimansConvDiscriminator",
     "SalimansMLPDiscriminator",
     "is_head",
+    "minibatch_options",
 ]
 
 
@@ -86,6 +88,34 @@ def _down(size: int, stride: int, kernel: int = 3, padding: int = 1) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+# minibatch_discrimination of every classifier net: null/false (off), true (these, the paper's
+# B = 100 kernels of C = 5 dimensions, compared in eval mode with a reference batch of 100 real
+# training images: the training batch size) or a mapping that overrides some of them
+MINIBATCH_DEFAULTS = {"kernels": 100, "dim": 5, "reference_size": 100}
+MinibatchSetting = bool | Mapping[str, int] | None
+
+
+def minibatch_options(setting: MinibatchSetting) -> dict[str, int] | None:
+    """A net's ``minibatch_discrimination`` setting as its options (None: off)."""
+    if setting is None or setting is False:
+        return None
+    given = {} if setting is True else dict(setting)
+    unknown = sorted(set(given) - set(MINIBATCH_DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"minibatch_discrimination: unknown option(s) {unknown}; it is null (off), true "
+            f"(the paper's {MINIBATCH_DEFAULTS}) or a mapping of some of "
+            f"{sorted(MINIBATCH_DEFAULTS)}"
+        )
+    options = {key: int(value) for key, value in {**MINIBATCH_DEFAULTS, **given}.items()}
+    if options["reference_size"] < 1:
+        raise ConfigError(
+            f"minibatch_discrimination.reference_size={options['reference_size']}: eval mode "
+            "compares with a reference batch of at least 1 image; use the training batch size"
+        )
+    return options
+
+
 # Parts of a classifier net that are not backbone: they depend on the task, not the data.
 HEAD_PREFIXES = ("head.", "minibatch_disc.")
 
@@ -104,8 +134,8 @@ class ClassifierNet(nn.Module):
     images instead, the way virtual batch norm does: ``embed`` runs ``cat([reference, x])``
     through the backbone and the layer computes o(x_i) against the reference rows only, so an
     example's logits do not depend on its evaluation batch and the sum runs over as many
-    examples as in training. The reference (``mbd_reference_size`` inputs of this net, in its
-    input space) is set by ``set_minibatch_reference`` and saved in the state dict (keys
+    examples as in training. The reference (``minibatch_discrimination.reference_size`` inputs
+    of this net, in its input space) is set by ``set_minibatch_reference`` and saved in the state dict (keys
     ``minibatch_disc.reference`` / ``minibatch_disc.reference_set``, with the layer, so that a
     backbone transfer leaves it behind).
     """
@@ -120,30 +150,21 @@ class ClassifierNet(nn.Module):
         self,
         feature_dim: int,
         num_classes: int,
-        minibatch_discrimination: bool,
-        mbd_kernels: int,
-        mbd_dim: int,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
         **linear_kwargs: object,
     ) -> None:
         self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         width = self.feature_dim
-        if minibatch_discrimination:
-            if int(mbd_reference_size) < 1:
-                raise ConfigError(
-                    f"mbd_reference_size={mbd_reference_size}: minibatch discrimination needs "
-                    "a reference batch of at least 1 image in eval mode; use the training "
-                    "batch size (100 in the paper)"
-                )
+        options = minibatch_options(minibatch_discrimination)
+        self.minibatch_disc = None
+        if options is not None:
             self.minibatch_disc = MinibatchDiscrimination(
                 width,
-                mbd_kernels,
-                mbd_dim,
-                reference_shape=(int(mbd_reference_size), *self.in_shape),
+                options["kernels"],
+                options["dim"],
+                reference_shape=(options["reference_size"], *self.in_shape),
             )
             width = self.minibatch_disc.out_features
-        else:
-            self.minibatch_disc = None
         self.head = _linear(width, self.num_classes, **linear_kwargs)  # type: ignore[arg-type]
 
     @property
@@ -166,14 +187,14 @@ class ClassifierNet(nn.Module):
         if mbd is None:
             raise ConfigError(
                 "set_minibatch_reference: this net has no minibatch discrimination "
-                "(minibatch_discrimination=false); only call it when net.minibatch_disc is set"
+                "(minibatch_discrimination=null); only call it when net.minibatch_disc is set"
             )
         expected = tuple(mbd.reference.shape)
         if tuple(images.shape) != expected:
             raise ConfigError(
                 f"set_minibatch_reference: got images of shape {tuple(images.shape)}, expected "
-                f"{expected} (mbd_reference_size={expected[0]} inputs of shape {self.in_shape}); "
-                "pass that many images or change the net's mbd_reference_size"
+                f"{expected} (minibatch_discrimination.reference_size={expected[0]} inputs of "
+                f"shape {self.in_shape}); pass that many images or change that size"
             )
         if not torch.isfinite(images).all():
             raise ConfigError("set_minibatch_reference: the reference images contain NaN/inf")
@@ -233,10 +254,7 @@ class MLPClassifier(ClassifierNet):
         hidden_noise: float = 0.0,
         weight_norm: bool = False,
         activation: str = "relu",
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
         spectral_norm: bool = False,
         train_hidden_scale: bool = True,
         head_init_scale: float = 1.0,
@@ -272,9 +290,6 @@ class MLPClassifier(ClassifierNet):
             width,
             num_classes,
             minibatch_discrimination,
-            mbd_kernels,
-            mbd_dim,
-            mbd_reference_size=mbd_reference_size,
             weight_norm=weight_norm,
             spectral_norm=spectral_norm,
             init_scale=head_init_scale,
@@ -304,10 +319,7 @@ class SalimansMLPDiscriminator(MLPClassifier):
         hidden: Sequence[int] = (1000, 500, 250, 250, 250),
         input_noise: float = 0.3,
         hidden_noise: float = 0.5,
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
         train_hidden_scale: bool = False,
     ) -> None:
         super().__init__(
@@ -320,9 +332,6 @@ class SalimansMLPDiscriminator(MLPClassifier):
             weight_norm=True,
             activation="relu",
             minibatch_discrimination=minibatch_discrimination,
-            mbd_kernels=mbd_kernels,
-            mbd_dim=mbd_dim,
-            mbd_reference_size=mbd_reference_size,
             train_hidden_scale=train_hidden_scale,
             head_init_scale=1.0,
         )
@@ -348,10 +357,7 @@ class ConvNet(ClassifierNet):
         spectral_norm: bool = False,
         activation: str = "leaky_relu",
         input_noise: float = 0.0,
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
     ) -> None:
         super().__init__()
         _check_norms(weight_norm, spectral_norm)
@@ -380,9 +386,6 @@ class ConvNet(ClassifierNet):
             c_in,
             num_classes,
             minibatch_discrimination,
-            mbd_kernels,
-            mbd_dim,
-            mbd_reference_size=mbd_reference_size,
             weight_norm=weight_norm,
             spectral_norm=spectral_norm,
         )
@@ -446,10 +449,7 @@ class ResNet(ClassifierNet):
         batch_norm: bool = True,
         spectral_norm: bool = False,
         activation: str = "relu",
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
     ) -> None:
         super().__init__()
         self.in_shape = as_shape(in_shape)
@@ -474,9 +474,6 @@ class ResNet(ClassifierNet):
             c_in,
             num_classes,
             minibatch_discrimination,
-            mbd_kernels,
-            mbd_dim,
-            mbd_reference_size=mbd_reference_size,
             spectral_norm=spectral_norm,
         )
 
@@ -509,10 +506,7 @@ class SalimansConvDiscriminator(ClassifierNet):
         channels: Sequence[int] = (96, 192),
         dropout: float = 0.5,
         input_dropout: float = 0.2,
-        minibatch_discrimination: bool = False,
-        mbd_kernels: int = 100,
-        mbd_dim: int = 5,
-        mbd_reference_size: int = 100,
+        minibatch_discrimination: MinibatchSetting = None,
         train_hidden_scale: bool = False,
     ) -> None:
         super().__init__()
@@ -553,9 +547,6 @@ class SalimansConvDiscriminator(ClassifierNet):
             c1,
             num_classes,
             minibatch_discrimination,
-            mbd_kernels,
-            mbd_dim,
-            mbd_reference_size=mbd_reference_size,
             weight_norm=True,
             init_scale=0.1,
             weight_init_std=0.05,

@@ -162,8 +162,8 @@ class MinibatchDiscrimination(_DataInitModule):
         self.kernel_dim = int(kernel_dim)
         if min(self.in_features, self.num_kernels, self.kernel_dim) < 1:
             raise ConfigError(
-                "minibatch discrimination needs mbd_kernels >= 1 and mbd_dim >= 1, got "
-                f"mbd_kernels={num_kernels}, mbd_dim={kernel_dim}"
+                "minibatch discrimination needs kernels >= 1 and dim >= 1, got "
+                f"minibatch_discrimination.kernels={num_kernels}, .dim={kernel_dim}"
             )
         self.out_features = self.in_features + self.num_kernels
         self.theta = nn.Parameter(

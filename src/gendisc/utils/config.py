@@ -106,6 +106,13 @@ RENAMED_MODEL_KEYS = {
         for name in ("freeze_backbone", "unfreeze_epoch", "backbone_lr_scale")
     },
 }
+# a classifier net's minibatch-discrimination options before they became one setting
+OLD_MINIBATCH_KEYS = {
+    "mbd_kernels": "kernels",
+    "mbd_dim": "dim",
+    "mbd_reference_size": "reference_size",
+}
+
 # old top-level model option -> its place in a sub-config (read from a stored config)
 MOVED_MODEL_KEYS = {
     "freeze_backbone": ("finetune", "freeze_backbone"),
@@ -118,12 +125,24 @@ def _renamed_message(old: str, where: str) -> str:
     return f"{where}model.{old} was renamed: use {RENAMED_MODEL_KEYS[old]}."
 
 
+def _minibatch_message(net: str, old: str) -> str:
+    return (
+        f"model.{net}.{old} was renamed: use model.{net}.minibatch_discrimination="
+        f"{{{OLD_MINIBATCH_KEYS[old]}: ...}} (null: off, true: the paper's options; "
+        "gendisc/nets/classifiers.py)."
+    )
+
+
 def check_renamed_keys(model: Mapping[str, Any] | None, where: str = "") -> None:
     """Refuse a model config holding a renamed option (what a user wrote: an override or an
     experiment file): one ConfigError naming the option to use. ``where`` prefixes the message."""
     for old in RENAMED_MODEL_KEYS:
         if model is not None and old in model:
             raise ConfigError(_renamed_message(old, where))
+    for name, net in (model or {}).items():
+        for old in OLD_MINIBATCH_KEYS:
+            if isinstance(net, Mapping) and old in net:
+                raise ConfigError(where + _minibatch_message(name, old))
     old_ssl_vae = _old_ssl_vae_keys(model) if _is_ssl_vae(model and model.get("_target_")) else []
     if old_ssl_vae:
         raise ConfigError(_ssl_vae_message(old_ssl_vae[0], where))
@@ -151,6 +170,13 @@ def migrate_renamed_keys(model: dict[str, Any], module: str | None = None) -> li
         if old in model:
             model.setdefault(section, {})[new] = model.pop(old)
             done.append(f"{old} -> {section}.{new}")
+    for name, net in model.items():
+        if isinstance(net, dict) and any(old in net for old in OLD_MINIBATCH_KEYS):
+            options = {new: net.pop(old) for old, new in OLD_MINIBATCH_KEYS.items() if old in net}
+            net["minibatch_discrimination"] = (
+                options if net.get("minibatch_discrimination") else None
+            )
+            done.append(f"{name}.mbd_* -> {name}.minibatch_discrimination")
     if _is_ssl_vae(module):
         done += migrate_ssl_vae_keys(model)
     return done
@@ -180,6 +206,9 @@ def renamed_override(args: Sequence[str]) -> str | None:
         old = key.removeprefix("model.")
         if key.startswith("model.") and old in RENAMED_MODEL_KEYS:
             return _renamed_message(old, "")
+        net, _, option = old.rpartition(".")
+        if key.startswith("model.") and net and option in OLD_MINIBATCH_KEYS:
+            return _minibatch_message(net, option)
         # module-specific (model=vae keeps latent_dim, ...): the model the others select
         others = [other for other in args if other != arg]
         if (
