@@ -103,7 +103,7 @@ TINY = [
     "trainer.devices=1",
     "callbacks=none",
     "logger=[]",
-    "model.init_images=100",
+    "model.adversarial.init_images=100",
     "data.batch_size=64",
     "data.unlabeled_batch_size=64",
 ]

@@ -36,7 +36,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "callbacks=none",
     "logger=[]",
-    "model.init_images=100",
+    "model.adversarial.init_images=100",
     "threads=1",
     # batches of 64: every element-wise loop then spans a multiple of 32 elements, so CPU
     # kernels never take their scalar tail (whose last-bit rounding differs from the vector

@@ -130,7 +130,7 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
             "trainer=cpu",
             "data.batch_size=10",
             "data.unlabeled_batch_size=10",
-            "model.init_images=10",
+            "model.adversarial.init_images=10",
             "data.eval_batch_size=50",
         ]
     if experiment in NEEDS_CHECKPOINT:

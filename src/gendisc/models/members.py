@@ -297,8 +297,8 @@ class MemberGroup:
             raise ConfigError("members: CUDA graphs (graphs=true) need a CUDA device")
         if self.graphs and (first.d_steps_per_g_step != 1 or first.lr_decay_epochs):
             raise ConfigError(
-                "members: CUDA graphs need model.d_steps_per_g_step=1 and "
-                "model.lr_decay_epochs=0 (one step shape, constant learning rates)"
+                "members: CUDA graphs need model.adversarial.d_steps_per_g_step=1 and "
+                "model.adversarial.lr_decay_epochs=0 (one step shape, constant learning rates)"
             )
         self._graph: Any = None
         self._warm_steps = 0
