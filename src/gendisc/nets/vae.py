@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gendisc.nets.classifiers import ConvNet, MLPClassifier
-from gendisc.nets.generators import LatentNet, seed_size
+from gendisc.nets.generators import LatentNet, normalisation
 from gendisc.nets.layers import activation_layer, as_shape
 
 __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
@@ -144,13 +144,7 @@ class MLPDecoder(_Decoder):
     ) -> None:
         super().__init__()
         self._setup_latent(latent_dim, out_shape, num_classes)
-        layers: list[nn.Module] = []
-        width = self.input_dim
-        for h in as_shape(hidden):
-            layers += [nn.Linear(width, h), activation_layer(activation)]
-            width = h
-        layers.append(nn.Linear(width, math.prod(self.out_shape)))
-        self.net = nn.Sequential(*layers)
+        self.net = self._dense_net(hidden, None, activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.net(self._inputs(z, y)).view(-1, *self.out_shape)
@@ -174,22 +168,11 @@ class ConvDecoder(_Decoder):
     ) -> None:
         super().__init__()
         self._setup_latent(latent_dim, out_shape, num_classes)
-        c_out, h, w = self.out_shape
-        k, h0, w0 = seed_size(h, w, max_upsamples)
-        c = base_channels * 2**k
-        self.seed_shape = (c, h0, w0)
+        k = self._setup_seed(base_channels, max_upsamples)
         layers: list[nn.Module] = [nn.Linear(self.input_dim, math.prod(self.seed_shape))]
         layers += [activation_layer(activation), nn.Unflatten(1, self.seed_shape)]
-        for _ in range(k - 1):
-            layers.append(nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c // 2))
-            layers.append(activation_layer(activation))
-            c //= 2
-        if k == 0:
-            layers.append(nn.Conv2d(c, c_out, 3, 1, 1))
-        else:
-            layers.append(nn.ConvTranspose2d(c, c_out, 4, 2, 1))
+        norm = normalisation(batch_norm, False, True)
+        layers += self._upsampling_layers(k, 4, norm, activation)
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
