@@ -27,7 +27,15 @@ from gendisc.nets.layers import (
     as_shape,
 )
 
-__all__ = ["DCGANGenerator", "LatentNet", "MLPGenerator", "SalimansMLPGenerator", "seed_size"]
+__all__ = [
+    "DCGANGenerator",
+    "LatentNet",
+    "MLPGenerator",
+    "SalimansMLPGenerator",
+    "normalisation",
+    "one_hot_labels",
+    "seed_size",
+]
 
 _LATENTS = ("normal", "uniform")
 
@@ -62,9 +70,22 @@ def normalisation(batch_norm: bool, vbn: bool, scale: bool) -> Norm | None:
     return layers
 
 
+def one_hot_labels(y: Tensor | None, num_classes: int, n: int, like: Tensor) -> Tensor | None:
+    """One-hot code of ``y`` for a conditional net (checked), None for an unconditional one."""
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError("this net is unconditional (num_classes=0): pass y=None")
+        return None
+    if y is None or y.shape != (n,):
+        got = None if y is None else tuple(y.shape)
+        raise ValueError(f"this net is class-conditional: pass labels y of shape ({n},), got {got}")
+    return F.one_hot(y.long(), num_classes).to(like.dtype)
+
+
 class LatentNet(nn.Module):
     """Shared by the generators and the VAE decoders: latent size, output shape (C, H, W),
-    conditioning on ``num_classes`` and latent sampling (``latent_distribution``)."""
+    conditioning on ``num_classes`` (``_inputs``), latent sampling (``latent_distribution``)
+    and the layer stacks they are built of (``_dense_net``, ``_upsampling_layers``)."""
 
     latent_distribution = "normal"
 
@@ -94,6 +115,13 @@ class LatentNet(nn.Module):
         if self.latent_distribution == "uniform":
             return torch.rand(shape, device=device, generator=generator)
         return torch.randn(shape, device=device, generator=generator)
+
+    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """The net's input: ``z`` (checked), with the one-hot code of ``y`` when conditional."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        code = one_hot_labels(y, self.num_classes, z.shape[0], z)
+        return z if code is None else torch.cat([z, code], dim=1)
 
     def _dense_net(
         self,
@@ -159,7 +187,7 @@ class LatentNet(nn.Module):
 
 
 class _Generator(LatentNet):
-    """Shared logic: conditioning, latent sampling, VBN reference batch."""
+    """Shared logic: latent distribution, VBN reference batch, tanh output."""
 
     def __init__(
         self,
@@ -184,21 +212,6 @@ class _Generator(LatentNet):
             self.register_buffer("vbn_z_ref", self.sample_latent(vbn_reference_size, device="cpu"))
             y_ref = torch.arange(vbn_reference_size) % max(self.num_classes, 1)
             self.register_buffer("vbn_y_ref", y_ref)
-
-    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
-        if not self.conditional:
-            if y is not None:
-                raise ValueError("this generator is unconditional (num_classes=0): pass y=None")
-            return z
-        if y is None:
-            raise ValueError(
-                f"this generator is class-conditional: pass labels y of shape ({z.shape[0]},)"
-            )
-        if y.shape != (z.shape[0],):
-            raise ValueError(f"y must have shape ({z.shape[0]},), got {tuple(y.shape)}")
-        return torch.cat([z, F.one_hot(y.long(), self.num_classes).to(z.dtype)], dim=1)
 
     def _body(self, h: Tensor, ref_size: int) -> Tensor:
         """The net's output for the rows ``h`` (tanh of ``net``, by default)."""

@@ -17,26 +17,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gendisc.nets.classifiers import ConvNet, MLPClassifier
-from gendisc.nets.generators import LatentNet, normalisation
+from gendisc.nets.generators import LatentNet, normalisation, one_hot_labels
 from gendisc.nets.layers import activation_layer, as_shape
 
 __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
-
-
-def _one_hot(y: Tensor | None, num_classes: int, n: int, like: Tensor) -> Tensor | None:
-    """One-hot code of ``y`` for a conditional net (checked), None for an unconditional one."""
-    if num_classes == 0:
-        if y is not None:
-            raise ValueError("this net is unconditional (num_classes=0): pass y=None")
-        return None
-    if y is None or y.shape != (n,):
-        got = None if y is None else tuple(y.shape)
-        raise ValueError(f"this net is class-conditional: pass labels y of shape ({n},), got {got}")
-    return F.one_hot(y.long(), num_classes).to(like.dtype)
 
 
 class _Encoder(nn.Module):
@@ -55,7 +42,7 @@ class _Encoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self._trunk(x).flatten(1)
-        code = _one_hot(y, self.num_classes, x.shape[0], h)
+        code = one_hot_labels(y, self.num_classes, x.shape[0], h)
         if code is not None:
             h = torch.cat([h, code], dim=1)
         return self.mu(h), self.logvar(h)
@@ -121,17 +108,7 @@ class ConvEncoder(_Encoder):
         return h
 
 
-class _Decoder(LatentNet):
-    """Shared logic: the conditional input (latents from the prior N(0, I))."""
-
-    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
-        code = _one_hot(y, self.num_classes, z.shape[0], z)
-        return z if code is None else torch.cat([z, code], dim=1)
-
-
-class MLPDecoder(_Decoder):
+class MLPDecoder(LatentNet):
     """Dense decoder: [dense -> activation] per hidden width -> dense prod(out_shape)."""
 
     def __init__(
@@ -150,7 +127,7 @@ class MLPDecoder(_Decoder):
         return self.net(self._inputs(z, y)).view(-1, *self.out_shape)
 
 
-class ConvDecoder(_Decoder):
+class ConvDecoder(LatentNet):
     """Transposed-conv decoder (the DCGAN generator's layout without its tanh): dense ->
     (base_channels * 2^k, H / 2^k, W / 2^k) -> [ConvTranspose 4x4 stride 2 halving the
     channels -> norm -> act] x (k - 1) -> ConvTranspose 4x4 stride 2 to C channels (3x3 conv
