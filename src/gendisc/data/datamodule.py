@@ -194,6 +194,15 @@ class FewLabelDataModule(LightningDataModule):
         self.test_labels = torch.from_numpy(splits.test_labels.astype(np.int64))
         self.split = split
         log.info("Data %s: %s", self.dataset, self.counts)
+        if self.val_size is None and self.val_per_class is None:
+            setting = "val_size" if val_per_class is None else "val_per_class"
+            value = val_size if val_per_class is None else val_per_class
+            log.info(
+                "Validation: the default data.%s=%s (data.labels_per_class=%s)",
+                setting,
+                value,
+                self.labels_per_class,
+            )
         return self
 
     def setup(self, stage: str | None = None) -> None:
