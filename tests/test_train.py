@@ -358,7 +358,8 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
 @requires_mnist
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
-    assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
+    # the default validation: as many images per class as labeled ones (10)
+    assert metrics["data/test"] == 10000 and metrics["data/val"] == 100
     assert metrics["class_names"][:2] == ["0 - zero", "1 - one"]  # torchvision's names
 
 
