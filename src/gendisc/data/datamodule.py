@@ -13,7 +13,13 @@ from torch import Tensor
 
 from gendisc.data.augment import Augment
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
-from gendisc.data.protocol import OFFICIAL, LabelSplit, split_labels, validation_setting
+from gendisc.data.protocol import (
+    ALL_LABELS_VAL_SIZE,
+    OFFICIAL,
+    LabelSplit,
+    split_labels,
+    validation_setting,
+)
 from gendisc.data.readers import SPLIT_ARRAYS, ImageSplits, call_reader, read_dataset
 from gendisc.errors import ConfigError, DataError
 
@@ -79,7 +85,7 @@ class FewLabelDataModule(LightningDataModule):
         labels_per_class: int | None = 10,
         val_size: int | float | str | None = None,
         val_per_class: int | None = None,
-        all_labels_val_size: int | float | str | None = 200,
+        all_labels_val_size: int | float | str | None = ALL_LABELS_VAL_SIZE,
         data_seed: int = 0,
         batch_size: int = 100,
         unlabeled_batch_size: int | None = None,

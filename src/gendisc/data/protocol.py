@@ -27,6 +27,8 @@ class LabelSplit:
 
 # data.val_size's value for the dataset's own validation split (MedMNIST's)
 OFFICIAL = "official"
+# data.all_labels_val_size where a data config has none (that of conf/data/digits.yaml)
+ALL_LABELS_VAL_SIZE = 200
 
 
 def resolve_val_size(val_size: int | float | str, num_train: int) -> int:
@@ -63,7 +65,7 @@ def validation_setting(
     labels_per_class: int | None,
     val_size: int | float | str | None,
     val_per_class: int | None,
-    all_labels_val_size: int | float | str | None = None,
+    all_labels_val_size: int | float | str | None = ALL_LABELS_VAL_SIZE,
 ) -> tuple[int | float | str | None, int | None]:
     """The validation a run uses, as ``(val_size, val_per_class)`` with at most one not None.
 

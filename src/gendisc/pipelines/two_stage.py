@@ -41,7 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.run_report import print_results_table
-from gendisc.data.protocol import validation_setting
+from gendisc.data.protocol import ALL_LABELS_VAL_SIZE, validation_setting
 from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT, print_config_tree, register_resolvers
@@ -83,7 +83,10 @@ def generator_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     labels = data.get("labels_per_class")
     # the validation the classifier uses, spelled out (its default included): one protocol
     val_size, val_per_class = validation_setting(
-        labels, data.get("val_size"), data.get("val_per_class"), data.get("all_labels_val_size")
+        labels,
+        data.get("val_size"),
+        data.get("val_per_class"),
+        data.get("all_labels_val_size", ALL_LABELS_VAL_SIZE),
     )
     protocol = [
         f"data.{key}={_value(value)}"
