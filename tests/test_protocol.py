@@ -387,3 +387,28 @@ def test_pinned_digits_experiment_reproduces_the_old_sets(make_cfg):
     old = FewLabelDataModule("digits", labels_per_class=10, val_size=200).load()
     assert dm.counts == old.counts and dm.counts["data/val"] == 200
     assert all(map(np.array_equal, _split_of(dm), _split_of(old)))
+
+
+def test_a_config_stored_before_issue_22_keeps_its_official_split():
+    """Stored before the default changed, val_size and val_per_class both null meant the official
+    split (data=medmnist); gendisc-eval's run config spells that out, and leaves newer ones."""
+    from gendisc.checkpoints import CONFIG_KEY, run_config
+
+    def stored(**data) -> dict:
+        target = {"_target_": "gendisc.data.FewLabelDataModule", "dataset": "medmnist"}
+        return {CONFIG_KEY: {"data": {**target, "labels_per_class": 10, **data}}}
+
+    old = run_config(stored(val_size=None), "old.ckpt", "ckpt_path")
+    assert old.data.val_size == "official"
+    older = run_config(stored(val_size=None, val_per_class=None), "older.ckpt", "ckpt_path")
+    assert older.data.val_size == "official"
+    for data in (
+        dict(val_size=None, val_per_class=None, all_labels_val_size="official"),  # the default
+        dict(val_size=200),
+        dict(val_size=None, val_per_class=10),
+    ):
+        cfg = run_config(stored(**data), "new.ckpt", "ckpt_path")
+        assert (cfg.data.val_size, cfg.data.get("val_per_class")) == (
+            data["val_size"],
+            data.get("val_per_class"),
+        ), data

@@ -332,6 +332,7 @@ def _gendisc_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         (["data=nope"], "data"),
         (["model=nope"], "model"),
         (["data.labels_per_class=500"], "data.labels_per_class=500"),
+        (["data.val_size=100", "data.val_per_class=10"], "are both set: keep one"),
         (["data=mnist", "paths.data_dir=/nonexistent"], "paths.data_dir"),
         (["model=classifier", "model.init_from=/nonexistent.ckpt"], "model.init_from"),
         (["data.nope=1"], "nope"),

@@ -61,6 +61,19 @@ def check_validation_settings(
         )
 
 
+def migrate_stored_validation(data: dict) -> bool:
+    """Spell out the validation of a data config stored before the default changed (issue 22):
+    there, ``val_size`` and ``val_per_class`` both null meant the official validation split
+    (MedMNIST's default); now it means the default, so such a config (known by its missing
+    ``all_labels_val_size``) gets ``val_size="official"``. True when it changed ``data``."""
+    if "all_labels_val_size" in data:
+        return False
+    if data.get("val_size") is not None or data.get("val_per_class") is not None:
+        return False
+    data["val_size"] = OFFICIAL
+    return True
+
+
 def validation_setting(
     labels_per_class: int | None,
     val_size: int | float | str | None,
