@@ -177,6 +177,28 @@ def test_member_reports_like_a_run(make_cfg: Callable[..., DictConfig], tmp_path
 
 @requires_mnist
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("validation", "val_images"),
+    [(["data.val_size=null"], 100), (["data.val_size=0"], 0)],  # the default: 10 per class
+)
+def test_a_member_validates_unless_val_size_is_0(
+    make_cfg: Callable[..., DictConfig], validation: list[str], val_images: int
+) -> None:
+    """A member reports val/* after training on the default validation (neither data.val_size
+    nor data.val_per_class set: 10 per class here), and none with data.val_size=0."""
+    overrides = [o for o in TINY if not o.startswith(("callbacks=", "trainer.limit_val"))]
+    overrides += ["callbacks=report", "~callbacks.generative_metrics", "~callbacks.samples"]
+    cfg = make_cfg([*overrides, *validation, "trainer.limit_val_batches=1"])
+    group: MemberGroup = build_group([cfg])
+    fit_group(group, cfg)
+    report_member(cfg, group, 0, group.unstack()[0])
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["data/val"] == val_images
+    assert ("val/acc" in metrics) == (val_images > 0)
+
+
+@requires_mnist
+@pytest.mark.slow
 def test_members_launcher_sweep(tmp_path: Path) -> None:
     """``gendisc-train -m ... hydra/launcher=members``: the table's jobs (two label counts and
     the labels-only arm) train as one group; each job has its own directory, .hydra/ files and

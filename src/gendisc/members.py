@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gendisc.callbacks.run_config import StoreRunConfig
 from gendisc.callbacks.run_report import EvaluationReport
+from gendisc.data.protocol import ALL_LABELS_VAL_SIZE, validation_setting
 from gendisc.errors import ConfigError
 from gendisc.models.members import MemberGroup, prepare_member
 from gendisc.utils.build import build
@@ -208,7 +209,13 @@ def report_member(
             }
         )
     metrics: dict[str, Any] = {}
-    if cfg.data.get("val_size") != 0:
+    val_size, _ = validation_setting(
+        cfg.data.get("labels_per_class"),
+        cfg.data.get("val_size"),
+        cfg.data.get("val_per_class"),
+        cfg.data.get("all_labels_val_size", ALL_LABELS_VAL_SIZE),
+    )
+    if val_size != 0:  # data.val_size=0: no validation set
         trainer.validate(module, datamodule=member.datamodule, verbose=False)
         validation = {
             k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
