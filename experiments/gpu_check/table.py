@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 (bf16/TF32 changed this model)
     torch.backends.cudnn.allow_tf32 = False
     register_resolvers()
+    members_log = logging.getLogger("gendisc.members")  # resuming, checkpoints, finished runs
+    members_log.setLevel(logging.INFO)
+    members_log.addHandler(logging.StreamHandler())
     table_dir = Path(args.out).resolve()
     table_dir.mkdir(parents=True, exist_ok=True)
 
