@@ -159,6 +159,9 @@ def test_members_refuse_other_differences(make_cfg: Callable[..., DictConfig]) -
     with pytest.raises(ConfigError, match=r"differ in data\.val_size, trainer\.max_epochs;"):
         check_members([a, c])
     check_members([a, make_cfg([*TINY, "seed=5", "ablation=no_unlabeled"], name="d")])
+    augmented = [make_cfg([*TINY, f"seed={s}", "augment=translate"], name=f"t{s}") for s in (0, 1)]
+    with pytest.raises(ConfigError, match=r"augment= is not applied to members"):
+        check_members(augmented)
 
 
 @requires_mnist

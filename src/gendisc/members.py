@@ -135,6 +135,11 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
             "in separate commands (each with hydra/launcher=members), or drop "
             "hydra/launcher=members"
         )
+    if cfgs[0].get("augment") and hydra.utils.instantiate(cfgs[0].augment).active:
+        raise ConfigError(
+            "members: augment= is not applied to members' batches; use augment=none, or drop "
+            "hydra/launcher=members to train augmented runs one by one"
+        )
     model = cfgs[0].model.get("_target_", "")
     if not str(model).endswith("SSLGANModule"):
         raise ConfigError(
