@@ -63,7 +63,11 @@ def test_concat_d_pass_true_is_refused_for_a_batch_dependent_discriminator(make_
     from gendisc.errors import ConfigError
 
     cfg = make_cfg(
-        ["model=ssl_gan", "ablation=minibatch_discrimination", "model.concat_d_pass=true"]
+        [
+            "model=ssl_gan",
+            "ablation=minibatch_discrimination",
+            "model.adversarial.concat_d_pass=true",
+        ]
     )
     _, model = build(cfg)
     assert model.concat_d_pass_setting is True

@@ -184,10 +184,10 @@ class RecordBatches(Callback):
 
     def on_validation_batch_start(self, trainer, module, batch, idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:
-            self.records["val"].append(batch[0].detach().cpu().clone())
+            self.records["val"].append(batch["x"].detach().cpu().clone())
 
     def on_test_batch_start(self, trainer, module, batch, idx, dataloader_idx=0) -> None:
-        self.records["test"].append(batch[0].detach().cpu().clone())
+        self.records["test"].append(batch["x"].detach().cpu().clone())
 
     def teardown(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
         torch.save(self.records, self.path)

@@ -159,6 +159,37 @@ def test_the_generator_stage_gets_the_classifiers_labels_and_validation(make_cfg
     assert torch.equal(generator.val_images, classifier.val_images)
 
 
+def test_the_generator_stage_gets_the_classifiers_default_validation_spelled_out(make_cfg):
+    """Neither validation option set: stage 1 is told the classifier's default (labels per class
+    images per class; with all labels the data config's all_labels_val_size), so a generator
+    experiment that sets its own validation cannot give it other labeled images."""
+    overrides = ["experiment=augment_digits", "data.labels_per_class=3", "data.data_seed=1"]
+    stage1 = generator_overrides(make_cfg(overrides), overrides)
+    assert stage1[-4:] == [
+        "data.labels_per_class=3",
+        "data.val_size=null",
+        "data.val_per_class=3",
+        "data.data_seed=1",
+    ]
+    classifier = hydra.utils.instantiate(make_cfg(overrides).data).load()
+    generator = hydra.utils.instantiate(make_cfg(stage1, name="stage1").data).load()
+    assert torch.equal(generator.labeled_index, classifier.labeled_index)
+    assert torch.equal(generator.val_images, classifier.val_images)
+    assert len(classifier.val_labels) == 30 == len(classifier.labeled_index)
+    everything = ["experiment=augment_digits", "data.labels_per_class=null"]
+    assert generator_overrides(make_cfg(everything, name="all"), everything)[-3:-1] == [
+        "data.val_size=200",
+        "data.val_per_class=null",
+    ]
+    # a generator experiment that pins its own validation (ssl_vae_digits: val_size 200) gets
+    # the classifier's instead
+    ssl_vae = ["experiment=ssl_vae_augment_digits"]
+    stage1 = generator_overrides(make_cfg(ssl_vae, name="ssl_vae"), ssl_vae)
+    assert stage1[0] == "experiment=ssl_vae_digits"
+    generator_cfg = make_cfg(stage1, name="ssl_vae_stage1")
+    assert (generator_cfg.data.val_size, generator_cfg.data.val_per_class) == (None, 10)
+
+
 def test_two_stage_pipeline(make_cfg, generative_cache, tmp_path):
     tiny = generative_test_overrides(generative_cache)
     stage1_only = [o for o in tiny if o.startswith(("callbacks.generative", "callbacks.samples"))]

@@ -197,7 +197,7 @@ def test_fine_tuning_freezes_then_unfreezes_the_trunk(model, make_cfg, tmp_path,
     if model == "classifier":
         options.append("model.scheduler=null")
     else:
-        options += ["model.d_ema_decay=null", "model.init_images=0"]
+        options += ["model.adversarial.d_ema_decay=null", "model.adversarial.init_images=0"]
     cfg = make_cfg([f"model={model}", *net_options, *options, *TINY, "trainer.max_epochs=2"])
     metrics = train(cfg)
     first, second = seen

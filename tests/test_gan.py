@@ -20,6 +20,7 @@ from gendisc.nets import MLPClassifier, MLPGenerator
 from gendisc.sample import write_samples
 from gendisc.train import train
 from gendisc.utils.build import build
+from gendisc.utils.config import ADVERSARIAL_KEYS, REGULARIZER_KEYS
 from tests.conftest import (
     assert_accuracy_is_the_confusion_trace,
     shared_data_dir,
@@ -31,8 +32,21 @@ K = 4
 
 
 def make_gan(**kwargs) -> GANModule:
+    """A small GAN; options of the adversarial core and regularizers go to their sub-configs."""
     torch.manual_seed(0)
-    options = {"in_shape": SHAPE, "num_classes": K, **kwargs}
+    options: dict = {"in_shape": SHAPE, "num_classes": K, "adversarial": {}, "regularizers": {}}
+    for key, value in kwargs.items():
+        section = (
+            "adversarial"
+            if key in ADVERSARIAL_KEYS
+            else "regularizers"
+            if key in REGULARIZER_KEYS
+            else None
+        )
+        if section:
+            options[section][key] = value
+        else:
+            options[key] = value
     return GANModule(
         discriminator=lambda **kw: MLPClassifier(hidden=(16, 8), **kw),
         generator=lambda **kw: MLPGenerator(latent_dim=6, hidden=(16,), **kw),
@@ -125,7 +139,9 @@ def test_generator_objectives_and_historical_penalty():
 def test_update_ratio_and_ema(make_cfg):
     import lightning as L
 
-    cfg = make_cfg(["model=gan", "model.d_steps_per_g_step=2", "model.g_ema_decay=0.9"])
+    cfg = make_cfg(
+        ["model=gan", "model.adversarial.d_steps_per_g_step=2", "model.adversarial.g_ema_decay=0.9"]
+    )
     datamodule, model = build(cfg)
     trainer = L.Trainer(
         max_epochs=1,
@@ -154,16 +170,16 @@ def test_fast_dev_run_with_every_technique(make_cfg):
                 "debug=fdr",
                 "model.conditional=false",
                 "model.generator_objective=feature_matching",
-                "model.historical_averaging=0.1",
-                "model.real_target=0.9",
-                "model.instance_noise=0.1",
-                "model.instance_noise_anneal_epochs=2",
-                "model.g_ema_decay=0.99",
-                "model.g_steps_per_d_step=2",
+                "model.regularizers.historical_averaging=0.1",
+                "model.regularizers.real_target=0.9",
+                "model.regularizers.instance_noise=0.1",
+                "model.regularizers.instance_noise_anneal_epochs=2",
+                "model.adversarial.g_ema_decay=0.99",
+                "model.adversarial.g_steps_per_d_step=2",
                 "model.discriminator.minibatch_discrimination=true",
                 "model.discriminator.weight_norm=true",
                 "model.generator.virtual_batch_norm=true",
-                "model.init_images=50",
+                "model.adversarial.init_images=50",
             ]
         )
     )

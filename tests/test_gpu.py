@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from omegaconf import DictConfig
 
+from gendisc.checkpoints import load_checkpoint
 from gendisc.members import build_group, fit_group
 from gendisc.nets import SalimansMLPDiscriminator, SalimansMLPGenerator
 from gendisc.nets.batched import BatchedSalimansD, BatchedSalimansG
@@ -103,7 +105,7 @@ TINY = [
     "trainer.devices=1",
     "callbacks=none",
     "logger=[]",
-    "model.init_images=100",
+    "model.adversarial.init_images=100",
     "data.batch_size=64",
     "data.unlabeled_batch_size=64",
 ]
@@ -211,3 +213,38 @@ def test_members_cuda_graphs_equal_eager(rng: str, make_cfg: Callable[..., DictC
         for key, value in theirs.items():
             if value.is_floating_point():
                 torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@requires_mnist
+@pytest.mark.parametrize("rng,graphs", [("shared", True), ("member", False)])
+def test_members_cuda_resume_equals_uninterrupted(
+    rng: str, graphs: bool, make_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """A CUDA group saved after epoch 1 (``state_dict``, written and read back weights-only)
+    and continued by a new group to epoch 3 ends with the losses and weights of the same group
+    trained without a stop (the CUDA generators' states, the graphs captured anew)."""
+    cfgs = [
+        make_cfg(
+            [*TINY, "trainer.limit_train_batches=4", f"seed={s}", f"data.data_seed={s}"], f"r{s}"
+        )
+        for s in (0, 1)
+    ]
+    whole = build_group(cfgs, rng=rng, capturable=True, graphs=graphs)
+    whole.fit(3, steps_per_epoch=4)
+    first = build_group(cfgs, rng=rng, capturable=True, graphs=graphs)
+    first.fit(1, steps_per_epoch=4)
+    torch.save(first.state_dict(), tmp_path / "group.ckpt")
+    resumed = build_group(cfgs, rng=rng, capturable=True, graphs=graphs)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "group.ckpt", "test"))
+    resumed.fit(3, steps_per_epoch=4)
+    assert resumed.global_step == whole.global_step == 12
+    for i, (ours, theirs) in enumerate(zip(resumed.unstack(), whole.unstack(), strict=True)):
+        for key in ("train/d_loss", "train/g_loss"):
+            assert resumed.members[i].stats[key] == pytest.approx(
+                whole.members[i].stats[key], rel=1e-5
+            )
+        for key, value in theirs.state_dict().items():
+            if value.is_floating_point():
+                torch.testing.assert_close(
+                    ours.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key
+                )

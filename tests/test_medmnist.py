@@ -24,11 +24,13 @@ def test_breastmnist_by_name_trains_and_reports_its_class_names(make_cfg, tmp_pa
 
     names = [INFO["breastmnist"]["label"][k] for k in ("0", "1")]
     assert names == ["malignant", "normal, benign"]
-    cfg = make_cfg(["data=medmnist", "data.name=breastmnist", *TINY])
+    official = ["data=medmnist", "data.name=breastmnist", "data.val_size=official"]
+    cfg = make_cfg([*official, *TINY])
     metrics = train(cfg)
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert report["class_names"] == metrics["class_names"] == names
-    # the official validation split, 10 labeled images per class, the whole test split
+    # the official validation split (by name: the default is 10 per class here, as many as the
+    # labeled ones), 10 labeled images per class, the whole test split
     assert (report["data/labeled"], report["data/val"], report["data/test"]) == (20, 78, 156)
     matrix = np.array(report["test/confusion_matrix"])
     assert matrix.shape == (2, 2) and matrix.sum() == 156

@@ -9,8 +9,13 @@ numbers as its run, so losses and weights agree to float rounding.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -19,12 +24,25 @@ from omegaconf import DictConfig
 
 from gendisc.checkpoints import load_run_config
 from gendisc.errors import ConfigError
-from gendisc.members import build_group, check_members, fit_group, report_member
+from gendisc.members import (
+    GroupCheckpoint,
+    build_group,
+    check_members,
+    fit_group,
+    report_member,
+    train_group,
+)
 from gendisc.models.members import MemberGroup
 from gendisc.optim import AdamEpsInsideSqrt
 from gendisc.utils.build import build
 
-from .conftest import PROJECT_ROOT, requires_mnist, run_gendisc
+from .conftest import (
+    PROJECT_ROOT,
+    gendisc_command,
+    requires_mnist,
+    run_gendisc,
+    single_thread_env,
+)
 
 STEPS = 4
 # tiny budget: STEPS steps of one epoch, no validation, no callbacks or loggers
@@ -36,7 +54,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "callbacks=none",
     "logger=[]",
-    "model.init_images=100",
+    "model.adversarial.init_images=100",
     "threads=1",
     # batches of 64: every element-wise loop then spans a multiple of 32 elements, so CPU
     # kernels never take their scalar tail (whose last-bit rounding differs from the vector
@@ -141,6 +159,9 @@ def test_members_refuse_other_differences(make_cfg: Callable[..., DictConfig]) -
     with pytest.raises(ConfigError, match=r"differ in data\.val_size, trainer\.max_epochs;"):
         check_members([a, c])
     check_members([a, make_cfg([*TINY, "seed=5", "ablation=no_unlabeled"], name="d")])
+    augmented = [make_cfg([*TINY, f"seed={s}", "augment=translate"], name=f"t{s}") for s in (0, 1)]
+    with pytest.raises(ConfigError, match=r"augment= is not applied to members"):
+        check_members(augmented)
 
 
 @requires_mnist
@@ -173,6 +194,28 @@ def test_member_reports_like_a_run(make_cfg: Callable[..., DictConfig], tmp_path
         assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["data/test"] == 10000
         checkpoint = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         assert load_run_config(checkpoint).data.data_seed == cfg.data.data_seed
+
+
+@requires_mnist
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("validation", "val_images"),
+    [(["data.val_size=null"], 100), (["data.val_size=0"], 0)],  # the default: 10 per class
+)
+def test_a_member_validates_unless_val_size_is_0(
+    make_cfg: Callable[..., DictConfig], validation: list[str], val_images: int
+) -> None:
+    """A member reports val/* after training on the default validation (neither data.val_size
+    nor data.val_per_class set: 10 per class here), and none with data.val_size=0."""
+    overrides = [o for o in TINY if not o.startswith(("callbacks=", "trainer.limit_val"))]
+    overrides += ["callbacks=report", "~callbacks.generative_metrics", "~callbacks.samples"]
+    cfg = make_cfg([*overrides, *validation, "trainer.limit_val_batches=1"])
+    group: MemberGroup = build_group([cfg])
+    fit_group(group, cfg)
+    report_member(cfg, group, 0, group.unstack()[0])
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["data/val"] == val_images
+    assert ("val/acc" in metrics) == (val_images > 0)
 
 
 @requires_mnist
@@ -277,3 +320,222 @@ def test_members_launcher_records_a_group_failure(tmp_path: Path) -> None:
         f["error_type"] == "ConfigError" and "need a CUDA device" in f["error"] for f in failures
     )
     assert not list(sweep.glob("*/metrics.json"))
+
+
+# ------------------------------------------------------------------------- kill and resume
+# digits (8x8 images, the Salimans MLPs sized to them): a group of two members, 3 epochs of 3
+# steps, a checkpoint after every epoch, each member reported (test/acc) as a run
+DIGITS = [
+    "experiment=salimans_mnist",
+    "data=digits",
+    "data.val_size=100",
+    "data.batch_size=32",
+    "data.unlabeled_batch_size=32",
+    "model.adversarial.init_images=100",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=3",
+    "trainer.accelerator=cpu",
+    "~callbacks.generative_metrics",
+    "~callbacks.samples",
+    "logger=[]",
+    "threads=1",
+]
+# keys of metrics.json that differ between two runs of the same training (time, memory, code)
+VOLATILE = ("time/", "mem/", "run/", "members/group_fit_s")
+
+
+class Interrupted(Exception):
+    """Stands for a kill right after a group checkpoint was written."""
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    save = GroupCheckpoint.save
+
+    def save_then_stop(self: GroupCheckpoint, group: MemberGroup) -> None:
+        save(self, group)
+        if group.epochs >= epoch:
+            raise Interrupted
+
+    monkeypatch.setattr(GroupCheckpoint, "save", save_then_stop)
+
+
+def _member_cfgs(make_cfg: Callable[..., DictConfig], sweep: str) -> list[DictConfig]:
+    overrides = [*DIGITS, "callbacks=report", "ckpt_path=last"]
+    return [
+        make_cfg([*overrides, f"seed={s}", f"data.data_seed={s}"], name=f"{sweep}/{s}")
+        for s in (0, 1)
+    ]
+
+
+def test_group_resumes_exactly_and_skips_finished_members(
+    make_cfg: Callable[..., DictConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A group stopped after its epoch-1 checkpoint and trained again with ckpt_path=last ends
+    with the weights, EMA and statistics of an uninterrupted group; once member 0 is reported
+    the next call trains member 1 only (from the checkpoint: no step), and once both are
+    reported it trains nothing."""
+    caplog.set_level(logging.INFO, logger="gendisc.members")
+    reference = train_group(_member_cfgs(make_cfg, "ref"), tmp_path / "ref", checkpoint_every_s=0)
+    assert reference.group is not None and reference.group.epochs == 3
+
+    cfgs = _member_cfgs(make_cfg, "sweep")
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(Interrupted):
+            train_group(cfgs, tmp_path / "sweep", checkpoint_every_s=0)
+    checkpoint = GroupCheckpoint(tmp_path / "sweep", cfgs)
+    saved = torch.load(checkpoint.path, map_location="cpu", weights_only=True)
+    assert saved["group"]["epochs"] == 1 and saved["members"]["runs"] == ["0", "1"]
+    assert not list(checkpoint.path.parent.glob("*.tmp"))
+
+    resumed = train_group(cfgs, tmp_path / "sweep", checkpoint_every_s=0)
+    assert "resuming 2 runs" in caplog.text and "(epoch 1, step 3)" in caplog.text
+    assert resumed.group is not None and resumed.group.global_step == 9
+    for i in range(2):
+        assert resumed.group.members[i].stats == reference.group.members[i].stats
+        _assert_same_weights(resumed.modules[i], reference.modules[i], f"member {i}")
+    assert torch.load(checkpoint.path, weights_only=True)["group"]["epochs"] == 3
+
+    # member 0 reported (finished); the same call again: member 1 only, loaded, not trained
+    report_member(cfgs[0], resumed.group, 0, resumed.modules[0])
+    caplog.clear()
+    again = train_group(cfgs, tmp_path / "sweep", checkpoint_every_s=0)
+    assert list(again.finished) == [0] and again.todo == [1]
+    assert "1 of 2 runs of the group already finished" in caplog.text
+    assert again.group is not None and len(again.group.members) == 1
+    assert again.group.global_step == 9 and again.group.epochs == 3
+    assert again.group.members[0].stats == reference.group.members[1].stats
+    _assert_same_weights(again.modules[0], reference.modules[1], "member 1 alone")
+
+    report_member(cfgs[1], again.group, 0, again.modules[0])
+    caplog.clear()
+    done = train_group(cfgs, tmp_path / "sweep", checkpoint_every_s=0)
+    assert sorted(done.finished) == [0, 1] and done.todo == [] and done.group is None
+    assert "2 of 2 runs of the group already finished" in caplog.text
+    assert (
+        done.finished[1]["test/acc"]
+        == json.loads((Path(cfgs[1].paths.output_dir) / "metrics.json").read_text())["test/acc"]
+    )
+
+
+def test_group_checkpoint_refuses_other_settings(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming with other training settings is one ConfigError that names them; without
+    ckpt_path=last the group starts afresh; ckpt_path=<file> is refused."""
+    cfgs = _member_cfgs(make_cfg, "sweep")
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(Interrupted):
+            train_group(cfgs, tmp_path / "sweep", checkpoint_every_s=0)
+    other = [
+        make_cfg(
+            [
+                *DIGITS,
+                "callbacks=none",
+                "ckpt_path=last",
+                f"seed={s}",
+                f"data.data_seed={s}",
+                "model.d_optimizer.lr=0.001",
+            ],
+            name=f"sweep/{s}",
+        )
+        for s in (0, 1)
+    ]
+    with pytest.raises(ConfigError, match=r"other settings \(model\.d_optimizer\.lr\)"):
+        train_group(other, tmp_path / "sweep", checkpoint_every_s=0)
+    fresh = [
+        make_cfg(
+            [*DIGITS, "callbacks=none", "trainer.max_epochs=1", f"seed={s}", f"data.data_seed={s}"],
+            name=f"sweep/{s}",
+        )
+        for s in (0, 1)
+    ]
+    trained = train_group(fresh, tmp_path / "sweep", checkpoint_every_s=None)
+    assert trained.group is not None and trained.group.global_step == 3
+    elsewhere = [
+        make_cfg([*DIGITS, f"ckpt_path={tmp_path}/x.ckpt", f"seed={s}"], name=f"o/{s}")
+        for s in (0, 1)
+    ]
+    with pytest.raises(ConfigError, match="resumes from its own group checkpoint"):
+        train_group(elsewhere, tmp_path / "o")
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if not k.startswith(VOLATILE)}
+
+
+def _sweep_args(sweep: Path) -> list[str]:
+    return [
+        "-m",
+        *DIGITS,
+        "hydra/launcher=members",
+        "hydra.launcher.checkpoint_every_s=0",
+        "data.data_seed=0,1",
+        "ckpt_path=last",
+        f"paths.log_dir={sweep.parent}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+
+
+@pytest.mark.slow
+def test_members_sweep_killed_resumes_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    """``gendisc-train -m ... hydra/launcher=members ckpt_path=last`` SIGKILLed right after its
+    epoch-1 group checkpoint, then the same command: every member's metrics.json equals the
+    uninterrupted sweep's and the group checkpoint is gone; the command once more trains
+    nothing and says so."""
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    process = subprocess.run(
+        gendisc_command(*_sweep_args(killed), module="tests.test_members"),
+        cwd=PROJECT_ROOT,
+        env={**single_thread_env(), "KILL_AFTER_GROUP_EPOCH": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    checkpoints = list((killed / "members").glob("group-*.ckpt"))
+    assert len(checkpoints) == 1 and not list(killed.glob("*/metrics.json"))
+    assert torch.load(checkpoints[0], weights_only=True)["group"]["epochs"] == 1
+
+    resumed = run_gendisc(*_sweep_args(killed), cwd=PROJECT_ROOT)
+    assert "members: resuming 2 runs" in resumed.stdout + resumed.stderr
+    run_gendisc(*_sweep_args(reference), cwd=PROJECT_ROOT)
+    assert not (killed / "members").exists() and not (reference / "members").exists()
+    for job in ("0", "1"):
+        ours, theirs = _metrics(killed / job), _metrics(reference / job)
+        assert ours.keys() == theirs.keys() and ours["epochs"] == 3
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+            else:
+                assert ours[key] == value, key
+
+    written = (killed / "0" / "metrics.json").stat().st_mtime_ns
+    again = run_gendisc(*_sweep_args(killed), cwd=PROJECT_ROOT)
+    assert "members: 2 of 2 runs of the group already finished" in again.stdout + again.stderr
+    assert (killed / "0" / "metrics.json").stat().st_mtime_ns == written
+
+
+def _kill_after_group_checkpoint(epoch: int) -> None:
+    """Test helper: SIGKILL this process right after it writes the group checkpoint of
+    ``epoch`` (a crash, not an exit: nothing after it runs)."""
+    save = GroupCheckpoint.save
+
+    def save_then_kill(self: GroupCheckpoint, group: MemberGroup) -> None:
+        save(self, group)
+        if group.epochs >= epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    GroupCheckpoint.save = save_then_kill  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":  # KILL_AFTER_GROUP_EPOCH=1 python -m tests.test_members <args>
+    from gendisc.train import main
+
+    _kill_after_group_checkpoint(int(os.environ["KILL_AFTER_GROUP_EPOCH"]))
+    main()

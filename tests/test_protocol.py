@@ -9,7 +9,15 @@ from hydra.utils import instantiate
 
 from gendisc.data import FewLabelDataModule, split_labels
 from gendisc.data.batches import TrainBatches
-from gendisc.errors import ConfigError, DataError
+from gendisc.data.protocol import validation_setting
+from gendisc.errors import ConfigError, DataError, gendisc_cause
+
+from .conftest import shared_data_dir
+
+requires_breastmnist = pytest.mark.skipif(
+    not (shared_data_dir() / "medmnist" / "breastmnist.npz").is_file(),
+    reason=f"breastmnist.npz not found under {shared_data_dir()}/medmnist (GENDISC_DATA_DIR)",
+)
 
 
 def _labels(per_class: int = 50, classes: int = 10) -> np.ndarray:
@@ -191,31 +199,217 @@ def test_digits_datamodule_with_val_per_class():
 
 
 def test_val_per_class_from_the_composed_config(make_cfg):
-    default = make_cfg(["data=mnist"], name="default")
-    assert default.data.val_per_class is None and default.data.val_size == 5000  # unchanged
-    cfg = make_cfg(["data.val_size=null", "data.val_per_class=3", "data.labels_per_class=3"])
+    cfg = make_cfg(["data.val_per_class=3", "data.labels_per_class=3"])
     dm = instantiate(cfg.data).load()
     assert dm.counts["data/val"] == 30 == dm.counts["data/labeled"]
     assert torch.bincount(dm.val_labels, minlength=10).tolist() == [3] * 10
 
 
-def test_val_per_class_typed_alone_replaces_the_default_val_size(make_cfg):
-    """`data.val_per_class=N` alone is enough: every default val_size gives way to it, while a
-    val_size typed beside it is still refused."""
-    from omegaconf import OmegaConf
+# ------------------------------------------- the default validation (issue 22): composed configs
+def _data(make_cfg, overrides: list[str], name: str = "run") -> FewLabelDataModule:
+    return instantiate(make_cfg(overrides, name=name).data).load()
 
+
+def _split_of(dm: FewLabelDataModule) -> tuple[np.ndarray, np.ndarray]:
+    return dm.split.labeled, dm.split.validation
+
+
+@pytest.mark.parametrize("labels", [1, 3, 10])
+def test_the_default_validates_on_labels_per_class_images_per_class(make_cfg, labels):
+    """Neither option set: as many validation images per class as labeled ones, drawn as
+    data.val_per_class=<labels per class> draws them (no more validation labels than training
+    labels)."""
+    cfg = make_cfg([f"data.labels_per_class={labels}"], name="default")
+    assert cfg.data.val_size is None and cfg.data.val_per_class is None
+    dm = instantiate(cfg.data).load()
+    assert dm.validation == (None, labels)
+    assert dm.counts == {
+        "data/labeled": 10 * labels,
+        "data/unlabeled": 1437 - 10 * labels,
+        "data/val": 10 * labels,
+        "data/test": 360,
+    }
+    assert torch.bincount(dm.val_labels, minlength=10).tolist() == [labels] * 10
+    typed = _data(make_cfg, [f"data.labels_per_class={labels}", f"data.val_per_class={labels}"])
+    assert all(map(np.array_equal, _split_of(dm), _split_of(typed)))
+
+
+def test_val_size_alone_and_val_per_class_alone(make_cfg):
+    """Either option typed alone is enough, with a label budget or all labels."""
+    carved = _data(make_cfg, ["data.val_size=300"], name="carved")
+    assert carved.validation == (300, None)
+    assert carved.counts["data/val"] == 300 and carved.counts["data/unlabeled"] == 1137
+    assert carved.counts["data/labeled"] == 100
+    same = FewLabelDataModule("digits", labels_per_class=10, val_size=300).load()
+    assert all(map(np.array_equal, _split_of(carved), _split_of(same)))
+    fraction = _data(make_cfg, ["data.val_size=0.1"], name="fraction")
+    assert fraction.counts["data/val"] == 144
+    none = _data(make_cfg, ["data.val_size=0"], name="none")
+    assert none.counts["data/val"] == 0 and none.counts["data/unlabeled"] == 1437
+    per_class = _data(make_cfg, ["data.val_per_class=4"], name="per_class")
+    assert per_class.counts["data/val"] == 40 and per_class.counts["data/labeled"] == 100
+    everything = ["data.labels_per_class=null", "data.val_per_class=20"]
+    all_labels = _data(make_cfg, everything, name="all_labels")
+    assert all_labels.validation == (None, 20)
+    assert all_labels.counts == {
+        "data/labeled": 1237,
+        "data/unlabeled": 1237,
+        "data/val": 200,
+        "data/test": 360,
+    }
+    assert torch.bincount(all_labels.val_labels, minlength=10).tolist() == [20] * 10
+
+
+def test_both_options_are_one_clear_error(make_cfg):
     from gendisc.utils.build import build
 
-    alone, _ = build(make_cfg(["data.val_per_class=10", "model=classifier"], name="alone"))
-    both = ["data.val_size=null", "data.val_per_class=10", "model=classifier"]
-    explicit, _ = build(make_cfg(both, name="explicit"))
-    assert alone.counts == explicit.counts and alone.counts["data/val"] == 100
-    assert np.array_equal(alone.split.labeled, explicit.split.labeled)
-    assert np.array_equal(alone.split.validation, explicit.split.validation)
-    assert make_cfg([], name="default").data.val_size == 200  # unchanged without it
-    for overrides in (["data=mnist"], ["experiment=salimans_mnist"], ["data=image_folder"]):
-        cfg = make_cfg([*overrides, "data.val_per_class=5"], name="other")
-        assert OmegaConf.select(cfg, "data.val_size") is None, overrides
-    refused = make_cfg(["data.val_size=100", "data.val_per_class=10"], name="refused")
-    with pytest.raises(ConfigError, match=r"data\.val_size=100 and data\.val_per_class=10"):
-        FewLabelDataModule(**{k: v for k, v in refused.data.items() if k != "_target_"})
+    cfg = make_cfg(["data.val_size=100", "data.val_per_class=10", "model=classifier"])
+    with pytest.raises(Exception) as raised:  # Hydra wraps it; gendisc-train unwraps it
+        build(cfg)
+    error = gendisc_cause(raised.value)
+    assert isinstance(error, ConfigError)
+    assert str(error).startswith(
+        "data.val_size=100 and data.val_per_class=10 are both set: keep one"
+    )
+    with pytest.raises(ConfigError, match=r"data\.val_size=0\.2 and data\.val_per_class=3"):
+        validation_setting(5, 0.2, 3, 200)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("digits", 200),
+        ("mnist", 5000),
+        ("fashion_mnist", 5000),
+        ("kmnist", 5000),
+        ("svhn", 5000),
+        ("cifar10", 5000),
+        ("image_folder", 0.1),
+        ("medmnist", "official"),
+    ],
+)
+def test_the_all_labels_default_of_each_dataset(make_cfg, data, expected):
+    """With all labels and neither option set: the data config's all_labels_val_size (the
+    official validation split on MedMNIST); with a label budget: labels_per_class per class."""
+    cfg = make_cfg([f"data={data}", "data.labels_per_class=null"], name=data)
+    assert cfg.data.val_size is None and cfg.data.val_per_class is None
+    setting = (cfg.data.labels_per_class, None, None, cfg.data.all_labels_val_size)
+    assert validation_setting(*setting) == (expected, None)
+    budget = make_cfg([f"data={data}", "data.labels_per_class=7"], name=f"{data}_budget")
+    setting = (7, budget.data.val_size, budget.data.val_per_class, budget.data.all_labels_val_size)
+    assert validation_setting(*setting) == (None, 7)
+
+
+def test_the_all_labels_default_on_digits_is_the_old_carve_out(make_cfg):
+    dm = _data(make_cfg, ["data.labels_per_class=null"])
+    old = FewLabelDataModule("digits", labels_per_class=None, val_size=200).load()
+    assert dm.validation == (200, None) and dm.counts == old.counts
+    assert all(map(np.array_equal, _split_of(dm), _split_of(old)))
+
+
+def test_validation_errors_name_the_setting(make_cfg):
+    with pytest.raises(ConfigError, match=r"data\.val_size=official .* digits does not have"):
+        _data(make_cfg, ["data.val_size=official"])
+    with pytest.raises(ConfigError, match=r"data\.val_size=half must be a count .* or official"):
+        _data(make_cfg, ["data.val_size=half"], name="half")
+    with pytest.raises(ConfigError, match=r"data\.val_size=2\.5 must be a count"):
+        _data(make_cfg, ["data.val_size=2.5"], name="float")
+    with pytest.raises(ConfigError, match="all_labels_val_size"):
+        validation_setting(None, None, None, None)
+    # the default's per-class validation needs room: the error says it is the default
+    with pytest.raises(DataError, match=r"val_per_class=100 .* by default it is data\.labels_per"):
+        _data(make_cfg, ["data.labels_per_class=100"], name="big")
+
+
+@requires_breastmnist
+def test_medmnist_official_split_explicitly_and_by_default_with_all_labels(make_cfg):
+    """BreastMNIST: 546 training images, an official validation split of 78. With 10 labels per
+    class the default validates on 10 per class; data.val_size=official on the official split
+    (more labels than the 20 labeled ones); with all labels the official split is the default."""
+    breast = ["data=medmnist", "data.name=breastmnist", "data.download=false"]
+    default = _data(make_cfg, breast, name="default")
+    assert default.validation == (None, 10)
+    assert default.counts == {
+        "data/labeled": 20,
+        "data/unlabeled": 526,
+        "data/val": 20,
+        "data/test": 156,
+    }
+    official = _data(make_cfg, [*breast, "data.val_size=official"], name="official")
+    assert official.counts == {
+        "data/labeled": 20,
+        "data/unlabeled": 546,
+        "data/val": 78,
+        "data/test": 156,
+    }
+    # the labeled images are those of the default (both draw them first from the permutation)
+    assert np.array_equal(official.split.labeled, default.split.labeled)
+    everything = _data(make_cfg, [*breast, "data.labels_per_class=null"], name="all")
+    assert everything.validation == ("official", None)
+    assert torch.equal(everything.val_images, official.val_images)
+    assert everything.counts["data/labeled"] == 546
+
+
+# the experiments whose committed results used the old default keep its validation set
+PINNED = {
+    "baseline_digits": 200,
+    "ssl_vae_digits": 200,
+    "ssl_vae_adgm_digits": 200,
+    "ssl_vae_sdgm_digits": 200,
+    "ssl_vae_m1m2_digits": 200,
+    "ssl_vae_m1_digits": 200,
+    "m2_mnist": 5000,
+    "m2_mnist_labels_only": 5000,
+    "adgm_mnist": 5000,
+    "adgm_mnist_labels_only": 5000,
+    "sdgm_mnist": 5000,
+    "m1m2_mnist": 5000,
+    "ssl_vae_m1_mnist": 5000,
+    "augment_mnist": 5000,
+    "salimans_mnist": 1000,
+    "salimans_mnist_table": 1000,
+    "bad_gan_mnist": 1000,
+    "salimans_cifar10": 5000,
+    "salimans_svhn": 5000,
+    "transfer_source_fashion": 1000,
+}
+
+
+def test_pinned_experiments_keep_the_old_validation_and_take_val_per_class_alone(make_cfg):
+    for experiment, val_size in PINNED.items():
+        cfg = make_cfg([f"experiment={experiment}"], name=experiment)
+        assert cfg.data.val_size == val_size and cfg.data.val_per_class is None, experiment
+        typed = make_cfg([f"experiment={experiment}", "data.val_per_class=5"], name="typed")
+        assert (typed.data.val_size, typed.data.val_per_class) == (None, 5), experiment
+
+
+def test_pinned_digits_experiment_reproduces_the_old_sets(make_cfg):
+    dm = _data(make_cfg, ["experiment=baseline_digits"])
+    old = FewLabelDataModule("digits", labels_per_class=10, val_size=200).load()
+    assert dm.counts == old.counts and dm.counts["data/val"] == 200
+    assert all(map(np.array_equal, _split_of(dm), _split_of(old)))
+
+
+def test_a_config_stored_before_issue_22_keeps_its_official_split():
+    """Stored before the default changed, val_size and val_per_class both null meant the official
+    split (data=medmnist); gendisc-eval's run config spells that out, and leaves newer ones."""
+    from gendisc.checkpoints import CONFIG_KEY, run_config
+
+    def stored(**data) -> dict:
+        target = {"_target_": "gendisc.data.FewLabelDataModule", "dataset": "medmnist"}
+        return {CONFIG_KEY: {"data": {**target, "labels_per_class": 10, **data}}}
+
+    old = run_config(stored(val_size=None), "old.ckpt", "ckpt_path")
+    assert old.data.val_size == "official"
+    older = run_config(stored(val_size=None, val_per_class=None), "older.ckpt", "ckpt_path")
+    assert older.data.val_size == "official"
+    for data in (
+        dict(val_size=None, val_per_class=None, all_labels_val_size="official"),  # the default
+        dict(val_size=200),
+        dict(val_size=None, val_per_class=10),
+    ):
+        cfg = run_config(stored(**data), "new.ckpt", "ckpt_path")
+        assert (cfg.data.val_size, cfg.data.get("val_per_class")) == (
+            data["val_size"],
+            data.get("val_per_class"),
+        ), data

@@ -51,7 +51,7 @@ GAN = [
     "model=gan",
     "model.discriminator.weight_norm=true",
     "model.generator.weight_norm=true",
-    "model.init_images=200",
+    "model.adversarial.init_images=200",
 ]
 CASES: dict[str, list[str]] = {
     "gan": GAN,

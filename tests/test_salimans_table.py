@@ -81,7 +81,7 @@ def test_sweep_resumes_in_place_and_grows_by_seeds(tmp_path):
         "data=digits",
         "data.val_size=100",
         "data.labels_per_class=2",
-        "model.init_images=100",
+        "model.adversarial.init_images=100",
         "callbacks.generative_metrics=null",
         "callbacks.samples=null",
         f"hydra.sweep.dir={sweep}",

@@ -87,10 +87,14 @@ def test_same_labeled_set_for_joint_module_and_baseline(make_cfg):
     "overrides",
     [
         [],
-        ["model.generator_objective=minimax", "model.g_steps_per_d_step=2"],
-        ["model.generator_objective=non_saturating", "model.d_ema_decay=null"],
-        ["model.discriminator.minibatch_discrimination=true", "model.feature_layer=-2"],
-        ["model.unlabeled_weight=0.5", "model.feature_norm=l1", "model.init_images=0"],
+        ["model.generator_objective=minimax", "model.adversarial.g_steps_per_d_step=2"],
+        ["model.generator_objective=non_saturating", "model.adversarial.d_ema_decay=null"],
+        ["model.discriminator.minibatch_discrimination=true", "model.adversarial.feature_layer=-2"],
+        [
+            "model.unlabeled_weight=0.5",
+            "model.adversarial.feature_norm=l1",
+            "model.adversarial.init_images=0",
+        ],
     ],
     ids=["default", "minimax", "nonsat_no_ema", "mbd", "weights"],
 )
@@ -100,7 +104,7 @@ def test_switches_train_end_to_end(make_cfg, overrides):
     assert metrics["test/acc"] > 0.4 and metrics["val/acc_best"] >= metrics["val/acc"]
     assert math.isfinite(metrics["train/d_loss"]) and math.isfinite(metrics["train/g_loss"])
     # with the EMA evaluated, the raw discriminator's validation accuracy is logged beside it
-    assert ("val/acc_raw" in metrics) == ("model.d_ema_decay=null" not in overrides)
+    assert ("val/acc_raw" in metrics) == ("model.adversarial.d_ema_decay=null" not in overrides)
 
 
 def test_minibatch_discrimination_widens_the_head(make_cfg):

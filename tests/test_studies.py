@@ -91,7 +91,7 @@ def test_fixmatch_and_bad_gan_train_their_baselines_nets_alike():
         assert fixmatch[key] == classifier[key], key
     bad_gan = with_hydra([*study, "method=bad_gan"]).model
     baseline = with_hydra([*study, "method=ssl_gan_labels_only"]).model
-    for key in ("discriminator", "d_optimizer", "d_ema_decay", "init_images"):
+    for key in ("discriminator", "d_optimizer", "adversarial"):
         assert bad_gan[key] == baseline[key], key
     assert bad_gan.bad_gan.conditional_entropy == 0.1 and bad_gan.bad_gan.pull_away == 0.8
 

@@ -130,7 +130,7 @@ def test_every_experiment_runs_fast_dev_run(experiment, make_cfg, tmp_path, monk
             "trainer=cpu",
             "data.batch_size=10",
             "data.unlabeled_batch_size=10",
-            "model.init_images=10",
+            "model.adversarial.init_images=10",
             "data.eval_batch_size=50",
         ]
     if experiment in NEEDS_CHECKPOINT:
@@ -336,6 +336,7 @@ def _gendisc_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         (["data=nope"], "data"),
         (["model=nope"], "model"),
         (["data.labels_per_class=500"], "data.labels_per_class=500"),
+        (["data.val_size=100", "data.val_per_class=10"], "are both set: keep one"),
         (["data=mnist", "paths.data_dir=/nonexistent"], "paths.data_dir"),
         (["model=classifier", "model.init_from=/nonexistent.ckpt"], "model.init_from"),
         (["data.nope=1"], "nope"),
@@ -362,7 +363,8 @@ def test_corrupt_checkpoint_for_init_from(tmp_path):
 @requires_mnist
 def test_mnist_baseline_one_step(make_cfg):
     metrics = train(make_cfg(["experiment=baseline_mnist", "debug=fdr"]))
-    assert metrics["data/test"] == 10000 and metrics["data/val"] == 5000
+    # the default validation: as many images per class as labeled ones (10)
+    assert metrics["data/test"] == 10000 and metrics["data/val"] == 100
     assert metrics["class_names"][:2] == ["0 - zero", "1 - one"]  # torchvision's names
 
 

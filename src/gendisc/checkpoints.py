@@ -21,6 +21,7 @@ import torch
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
+from gendisc.data.protocol import migrate_stored_validation
 from gendisc.errors import ConfigError
 from gendisc.trusted import check_trusted
 from gendisc.utils.config import migrate_renamed_keys
@@ -109,6 +110,8 @@ def run_config(checkpoint: dict[str, Any], path: str | Path, setting: str) -> Di
         renamed = migrate_renamed_keys(stored["model"])  # written before an option's rename
         if renamed:
             log.info("%s=%s: stored options renamed: %s", setting, path, ", ".join(renamed))
+    if isinstance(stored.get("data"), dict) and migrate_stored_validation(stored["data"]):
+        log.info("%s=%s: stored before issue 22: data.val_size=official", setting, path)
     return OmegaConf.create(stored)
 
 

@@ -6,12 +6,27 @@ gives this module the composed configs of a sweep's jobs. Jobs that differ only 
 labels-only arm, ``ablation=no_unlabeled``) train together (``gendisc.models.members``); each
 is then tested and reported in its own run directory by the ordinary callbacks
 (``metrics.json``, confusion matrix, generative metrics), as a single run would be.
+
+Resuming (``GroupCheckpoint``, ``train_group``): a group saves its whole training state
+(``MemberGroup.state_dict``) into ``<sweep dir>/members/group-<id>.ckpt`` after an epoch when
+``every_s`` seconds have passed since the last save (0: every epoch) and when it has trained;
+written to a temporary file and renamed, read with ``torch.load(weights_only=True)``. The same
+sweep command with ``ckpt_path=last`` (as single runs resume) leaves the members that already
+finished as they are (``resume.finished_run``) and continues the others from that checkpoint;
+once every member is reported the checkpoint is removed (each member keeps its
+``checkpoints/last.ckpt``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +37,36 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gendisc.callbacks.run_config import StoreRunConfig
 from gendisc.callbacks.run_report import EvaluationReport
+from gendisc.checkpoints import load_checkpoint
+from gendisc.data.protocol import ALL_LABELS_VAL_SIZE, validation_setting
 from gendisc.errors import ConfigError
 from gendisc.models.members import MemberGroup, prepare_member
 from gendisc.utils.build import build
 from gendisc.utils.config import instantiate_list, register_resolvers
+from gendisc.utils.resume import finished_run
 
 __all__ = [
+    "GROUP_CHECKPOINT_DIR",
     "MEMBER_KEYS",
+    "GroupCheckpoint",
+    "TrainedGroup",
     "build_group",
     "check_members",
+    "fit_group",
     "group_jobs",
     "report_member",
+    "train_group",
     "training_view",
 ]
 
+log = logging.getLogger(__name__)
+
 register_resolvers()
+
+# the folder of a sweep directory that holds its groups' checkpoints
+GROUP_CHECKPOINT_DIR = "members"
+# settings that may change between a group's interruption and its resume
+RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.max_steps")
 
 # the settings members may differ in (everything else that shapes training must be equal)
 MEMBER_KEYS = ("seed", "data.data_seed", "data.labels_per_class", "model.unlabeled_weight")
@@ -105,6 +135,11 @@ def check_members(cfgs: Sequence[DictConfig]) -> None:
             "in separate commands (each with hydra/launcher=members), or drop "
             "hydra/launcher=members"
         )
+    if cfgs[0].get("augment") and hydra.utils.instantiate(cfgs[0].augment).active:
+        raise ConfigError(
+            "members: augment= is not applied to members' batches; use augment=none, or drop "
+            "hydra/launcher=members to train augmented runs one by one"
+        )
     model = cfgs[0].model.get("_target_", "")
     if not str(model).endswith("SSLGANModule"):
         raise ConfigError(
@@ -146,9 +181,14 @@ def build_group(
     return MemberGroup(members, device=device, rng=rng, capturable=capturable, graphs=graphs)
 
 
-def fit_group(group: MemberGroup, cfg: DictConfig, time_limit_s: float | None = None) -> None:
+def fit_group(
+    group: MemberGroup,
+    cfg: DictConfig,
+    time_limit_s: float | None = None,
+    checkpoint: GroupCheckpoint | None = None,
+) -> None:
     """Train the group for the schedule of ``cfg.trainer`` (max_epochs, limit_train_batches,
-    max_steps)."""
+    max_steps), saving ``checkpoint`` when due after an epoch and once more at the end."""
     trainer = cfg.trainer
     length = len(group.members[0].loader)
     limit = trainer.get("limit_train_batches")
@@ -163,7 +203,10 @@ def fit_group(group: MemberGroup, cfg: DictConfig, time_limit_s: float | None = 
         steps_per_epoch=steps,
         max_steps=-1 if max_steps is None else int(max_steps),
         time_limit_s=time_limit_s,
+        on_epoch_end=None if checkpoint is None else checkpoint.maybe_save,
     )
+    if checkpoint is not None:
+        checkpoint.save(group)
 
 
 def _plain(value: Any) -> Any:
@@ -208,7 +251,13 @@ def report_member(
             }
         )
     metrics: dict[str, Any] = {}
-    if cfg.data.get("val_size") != 0:
+    val_size, _ = validation_setting(
+        cfg.data.get("labels_per_class"),
+        cfg.data.get("val_size"),
+        cfg.data.get("val_per_class"),
+        cfg.data.get("all_labels_val_size", ALL_LABELS_VAL_SIZE),
+    )
+    if val_size != 0:  # data.val_size=0: no validation set
         trainer.validate(module, datamodule=member.datamodule, verbose=False)
         validation = {
             k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
@@ -225,3 +274,228 @@ def report_member(
         metrics.update(report.metrics)
     metrics.update(member.stats)
     return metrics
+
+
+# --------------------------------------------------------------------------------- resuming
+def _run_key(cfg: DictConfig, sweep_dir: Path) -> str:
+    """A job's run directory, relative to the sweep directory when inside it."""
+    run_dir = Path(str(cfg.paths.output_dir)).resolve()
+    try:
+        return run_dir.relative_to(sweep_dir.resolve()).as_posix()
+    except ValueError:
+        return run_dir.as_posix()
+
+
+def _member_values(cfg: DictConfig) -> dict[str, Any]:
+    return {key: OmegaConf.select(cfg, key) for key in MEMBER_KEYS}
+
+
+def _view_json(cfg: DictConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(training_view(cfg), sort_keys=True, default=str))
+
+
+class GroupCheckpoint:
+    """The checkpoint file of one group of a sweep: ``<sweep dir>/members/group-<id>.ckpt``,
+    ``<id>`` from the run directories of all the group's jobs (so the same sweep command finds
+    it again). It holds ``MemberGroup.state_dict()`` and which runs (run directory, member
+    settings) and training settings it belongs to; only tensors and plain values.
+
+    Args:
+        sweep_dir: the sweep's directory.
+        cfgs: the configs of all the group's jobs (finished ones included).
+        every_s: after an epoch, save when this many seconds have passed since the last save
+            (0: after every epoch).
+    """
+
+    def __init__(self, sweep_dir: str | Path, cfgs: Sequence[DictConfig], every_s: float = 60.0):
+        self.sweep_dir = Path(sweep_dir)
+        runs = sorted(_run_key(cfg, self.sweep_dir) for cfg in cfgs)
+        digest = hashlib.sha1(json.dumps(runs).encode()).hexdigest()[:12]
+        self.path = self.sweep_dir / GROUP_CHECKPOINT_DIR / f"group-{digest}.ckpt"
+        self.every_s = float(every_s)
+        self.cfgs: list[DictConfig] = []  # the configs of the members being trained
+        self.saved_epochs: int | None = None
+        self._last_save = time.monotonic()
+
+    def load(self, cfgs: Sequence[DictConfig]) -> tuple[dict[str, Any], list[int]] | None:
+        """(the saved group state, the saved index of each of ``cfgs``), or None when the file
+        does not exist or lacks one of these runs (the group then starts afresh). Raises
+        ConfigError when it belongs to other training or member settings."""
+        if not self.path.is_file():
+            return None
+        saved = load_checkpoint(self.path, "ckpt_path")
+        meta, state = saved.get("members"), saved.get("group")
+        if not isinstance(meta, dict) or not isinstance(state, dict):
+            raise ConfigError(
+                f"ckpt_path=last: {self.path} is not a members group checkpoint; move it away "
+                "to start the group afresh"
+            )
+        runs = list(meta["runs"])
+        keys = [_run_key(cfg, self.sweep_dir) for cfg in cfgs]
+        missing = [key for key in keys if key not in runs]
+        if missing:
+            log.warning(
+                "members: %s holds no state of %s; the group starts from scratch",
+                self.path,
+                ", ".join(missing),
+            )
+            return None
+        view, saved_view = _view_json(cfgs[0]), meta["view"]
+        changed = sorted(
+            key
+            for key in set(view) | set(saved_view)
+            if view.get(key) != saved_view.get(key) and key not in RESUMABLE_CHANGES
+        )
+        indices = [runs.index(key) for key in keys]
+        changed += sorted(
+            f"{key} of {run}"
+            for cfg, run, i in zip(cfgs, keys, indices, strict=True)
+            for key, value in _member_values(cfg).items()
+            if meta["members"][i].get(key) != value
+        )
+        if changed:
+            raise ConfigError(
+                f"ckpt_path=last: the group checkpoint {self.path} was trained with other "
+                f"settings ({', '.join(changed[:8])}); resume with the sweep's own overrides, "
+                "or move the file away to train the group afresh"
+            )
+        return state, indices
+
+    def maybe_save(self, group: MemberGroup) -> None:
+        """Save when ``every_s`` seconds have passed since the last save (``fit``'s epoch hook)."""
+        if time.monotonic() - self._last_save >= self.every_s:
+            self.save(group)
+
+    def save(self, group: MemberGroup) -> None:
+        """Write the group's state (of the members of ``self.cfgs``): a temporary file, renamed
+        over the checkpoint, so an interruption never leaves half a file."""
+        if self.saved_epochs == group.epochs:
+            return
+        if len(self.cfgs) != len(group.members):
+            raise ValueError("GroupCheckpoint.cfgs must be the configs of the group's members")
+        start = time.perf_counter()
+        payload = {
+            "members": {
+                "runs": [_run_key(cfg, self.sweep_dir) for cfg in self.cfgs],
+                "members": [_member_values(cfg) for cfg in self.cfgs],
+                "view": _view_json(self.cfgs[0]),
+            },
+            "group": group.state_dict(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        torch.save(payload, temporary)
+        os.replace(temporary, self.path)
+        self.saved_epochs = group.epochs
+        self._last_save = time.monotonic()
+        log.info(
+            "members: group checkpoint %s (epoch %d, step %d, %.1f s)",
+            self.path,
+            group.epochs,
+            group.global_step,
+            time.perf_counter() - start,
+        )
+
+    def remove(self) -> None:
+        """Delete the checkpoint (every member is reported; each keeps its last.ckpt)."""
+        for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # when no other group's checkpoint is left
+
+
+def resuming(cfgs: Sequence[DictConfig]) -> bool:
+    """Whether the jobs continue their group (``ckpt_path=last``, as single runs resume);
+    ConfigError for another ``ckpt_path`` (members resume from their group checkpoint only)."""
+    values = {str(cfg.get("ckpt_path")) for cfg in cfgs}
+    if values == {"None"}:
+        return False
+    if values == {"last"}:
+        return True
+    raise ConfigError(
+        f"members: ckpt_path={'/'.join(sorted(values))}: a group of members resumes from its own "
+        "group checkpoint in the sweep directory, with ckpt_path=last and the sweep's "
+        "hydra.sweep.dir; train from another checkpoint one run at a time (drop "
+        "hydra/launcher=members)"
+    )
+
+
+@dataclass
+class TrainedGroup:
+    """What ``train_group`` did: ``finished`` (job index -> its metrics.json) were left as they
+    were; ``todo`` (job indices) are the members of ``group``, in order, trained and unstacked
+    into ``modules``; ``checkpoint`` to remove once they are all reported."""
+
+    finished: dict[int, dict[str, Any]] = field(default_factory=dict)
+    todo: list[int] = field(default_factory=list)
+    group: MemberGroup | None = None
+    modules: list[Any] = field(default_factory=list)
+    checkpoint: GroupCheckpoint | None = None
+
+
+def train_group(
+    cfgs: Sequence[DictConfig],
+    sweep_dir: str | Path,
+    rng: str = "member",
+    graphs: bool = False,
+    checkpoint_every_s: float | None = 60.0,
+    time_limit_s: float | None = None,
+) -> TrainedGroup:
+    """Train one group of a sweep's jobs, resumably (module docstring).
+
+    With ``ckpt_path=last`` the jobs whose run already finished are left as they are and the
+    others continue from the group checkpoint when there is one. ``checkpoint_every_s``: see
+    ``GroupCheckpoint`` (None: no group checkpoint is written)."""
+    resume = resuming(cfgs)
+    result = TrainedGroup()
+    checkpoint = (
+        GroupCheckpoint(sweep_dir, cfgs, checkpoint_every_s)
+        if checkpoint_every_s is not None
+        else None
+    )
+    for index, cfg in enumerate(cfgs):
+        metrics = finished_run(cfg) if resume else None
+        if metrics is not None:
+            result.finished[index] = metrics
+        else:
+            result.todo.append(index)
+    if result.finished:
+        names = ", ".join(Path(str(cfgs[i].paths.output_dir)).name for i in result.finished)
+        left = "nothing to train" if not result.todo else f"{len(result.todo)} to train"
+        log.info(
+            f"members: {len(result.finished)} of {len(cfgs)} runs of the group already "
+            f"finished, left as they are ({left}): {names}"
+        )
+    if not result.todo:
+        return result
+    todo_cfgs = [cfgs[i] for i in result.todo]
+    saved = None
+    if checkpoint is not None:
+        checkpoint.cfgs = todo_cfgs
+        if resume:
+            saved = checkpoint.load(todo_cfgs)
+            if saved is None and not checkpoint.path.is_file():
+                log.info(
+                    "members: no group checkpoint %s yet; training from scratch", checkpoint.path
+                )
+        elif checkpoint.path.is_file():
+            log.warning(
+                "members: %s holds an earlier state of this group; training from scratch "
+                "(ckpt_path=last would continue it)",
+                checkpoint.path,
+            )
+    group = build_group(todo_cfgs, rng=rng, graphs=graphs)
+    if saved is not None:
+        state, indices = saved
+        group.load_state_dict(state, indices)
+        if checkpoint is not None:
+            checkpoint.saved_epochs = group.epochs
+        log.info(
+            f"members: resuming {len(todo_cfgs)} runs from {checkpoint.path if checkpoint else ''} "
+            f"(epoch {group.epochs}, step {group.global_step})"
+        )
+    fit_group(group, cfgs[0], time_limit_s=time_limit_s, checkpoint=checkpoint)
+    result.group = group
+    result.modules = group.unstack()
+    result.checkpoint = checkpoint
+    return result

@@ -87,30 +87,11 @@ class AdamEpsInsideSqrt(Optimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
             for step, (params, grads, exp_avgs, exp_avg_sqs) in buckets.items():
-                if self.compile:
-                    self._compiled_update(params, grads, exp_avgs, exp_avg_sqs, step, group)
-                else:
-                    self._update(params, grads, exp_avgs, exp_avg_sqs, step, group)
+                self._update(params, grads, exp_avgs, exp_avg_sqs, step, group)
         return loss
 
-    def _compiled_update(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        step: int,
-        group: dict[str, Any],
-    ) -> None:
-        """:meth:`_update` through ``torch.compile``, the step-dependent scalars as 0-d tensors."""
-        if self._compiled is None:
-            self._compiled = torch.compile(_moments_and_step, fullgraph=True, dynamic=False)
-        beta1, beta2, eps_term, step_size = _step_scalars(group, step)
-        scalars = torch.tensor([eps_term, -step_size], dtype=torch.float64)
-        self._compiled(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, scalars[0], scalars[1])
-
-    @staticmethod
     def _update(
+        self,
         params: list[Tensor],
         grads: list[Tensor],
         exp_avgs: list[Tensor],
@@ -122,9 +103,19 @@ class AdamEpsInsideSqrt(Optimizer):
 
         With c1 = 1 - beta1^t and c2 = 1 - beta2^t the update is computed as
         ``p -= (lr * sqrt(c2) / c1) * m / sqrt(v + eps * c2)``, the same quantity with one
-        scalar factor instead of a division of every element by c2.
+        scalar factor instead of a division of every element by c2. With ``compile`` the
+        per-tensor form :func:`_moments_and_step` runs through ``torch.compile`` instead, the
+        step-dependent scalars as 0-d tensors (no recompilation per step).
         """
         beta1, beta2, eps_term, step_size = _step_scalars(group, step)
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(_moments_and_step, fullgraph=True, dynamic=False)
+            scalars = torch.tensor([eps_term, -step_size], dtype=torch.float64)
+            self._compiled(
+                params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, scalars[0], scalars[1]
+            )
+            return
         torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)

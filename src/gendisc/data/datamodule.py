@@ -13,9 +13,15 @@ from torch import Tensor
 
 from gendisc.data.augment import Augment
 from gendisc.data.batches import EvalBatches, TrainBatches, to_unit_range
-from gendisc.data.protocol import LabelSplit, check_validation_settings, split_labels
+from gendisc.data.protocol import (
+    ALL_LABELS_VAL_SIZE,
+    OFFICIAL,
+    LabelSplit,
+    split_labels,
+    validation_setting,
+)
 from gendisc.data.readers import SPLIT_ARRAYS, ImageSplits, call_reader, read_dataset
-from gendisc.errors import ConfigError
+from gendisc.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +45,15 @@ class FewLabelDataModule(LightningDataModule):
             beside them).
         download: fetch missing files from the dataset's public mirror.
         labels_per_class: labeled examples per class, or None for all labels.
-        val_size: validation images carved from the training set (count or fraction); None uses
-            the dataset's official validation split (MedMNIST), or ``val_per_class``.
+        val_size: validation images carved from the training set first (a count or a
+            fraction), or ``"official"``: the dataset's own validation split (MedMNIST).
         val_per_class: labeled validation images per class, drawn from the training set after
-            the labeled ones with the same ``data_seed`` (needs ``val_size=None``, the
-            configs' default when it is set); None: use ``val_size``.
+            the labeled ones with the same ``data_seed``. Set at most one of the two; neither
+            (the default): ``val_per_class = labels_per_class`` with a label budget, and
+            ``val_size = all_labels_val_size`` with all labels
+            (:func:`~gendisc.data.protocol.validation_setting`).
+        all_labels_val_size: ``val_size`` when all labels are used and neither option is set
+            (the data configs': 200 on digits, 5000 on MNIST-like sets, official on MedMNIST).
         data_seed: seeds the permutation that picks validation and labeled images; independent
             of the training seed.
         batch_size: labeled images per training step.
@@ -73,8 +83,9 @@ class FewLabelDataModule(LightningDataModule):
         cache_dir: str | None = None,
         download: bool = False,
         labels_per_class: int | None = 10,
-        val_size: int | float | None = 200,
+        val_size: int | float | str | None = None,
         val_per_class: int | None = None,
+        all_labels_val_size: int | float | str | None = ALL_LABELS_VAL_SIZE,
         data_seed: int = 0,
         batch_size: int = 100,
         unlabeled_batch_size: int | None = None,
@@ -95,6 +106,7 @@ class FewLabelDataModule(LightningDataModule):
         self.labels_per_class = labels_per_class
         self.val_size = val_size
         self.val_per_class = val_per_class
+        self.all_labels_val_size = all_labels_val_size
         self.data_seed = data_seed
         self.batch_size = batch_size
         self.unlabeled_batch_size = unlabeled_batch_size or batch_size
@@ -105,7 +117,10 @@ class FewLabelDataModule(LightningDataModule):
         self.unlabeled_streams = 0
         if batch_size < 1 or self.unlabeled_batch_size < 1:
             raise ConfigError("data.batch_size and data.unlabeled_batch_size must be at least 1.")
-        check_validation_settings(val_size, val_per_class)
+        # what validates (one of the two None): the options as set, or the default
+        self.validation = validation_setting(
+            labels_per_class, val_size, val_per_class, all_labels_val_size
+        )
         self.class_names: list[str] = []
         self.split: LabelSplit | None = None
         self.train_images = self.train_labels = self.val_images = self.val_labels = None
@@ -145,10 +160,11 @@ class FewLabelDataModule(LightningDataModule):
             return self
         splits = self._read()
         self.class_names = list(splits.class_names)
-        if self.val_size is None and self.val_per_class is None:
+        val_size, val_per_class = self.validation
+        if val_size == OFFICIAL:
             if splits.val_images is None:
                 raise ConfigError(
-                    f"data.val_size=null asks for the official validation split, which "
+                    f"data.val_size={OFFICIAL} asks for the official validation split, which "
                     f"{self.dataset} does not have: set data.val_size to a count or fraction, "
                     f"or data.val_per_class to a count per class."
                 )
@@ -157,14 +173,23 @@ class FewLabelDataModule(LightningDataModule):
             )
             val_images, val_labels = splits.val_images, splits.val_labels
         else:
-            split = split_labels(
-                splits.train_labels,
-                self.labels_per_class,
-                self.val_size,
-                self.data_seed,
-                self.class_names,
-                val_per_class=self.val_per_class,
-            )
+            try:
+                split = split_labels(
+                    splits.train_labels,
+                    self.labels_per_class,
+                    val_size,
+                    self.data_seed,
+                    self.class_names,
+                    val_per_class=val_per_class,
+                )
+            except DataError as error:
+                if self.val_per_class is not None or val_per_class is None:
+                    raise
+                raise DataError(
+                    f"{error} data.val_per_class was not set: by default it is "
+                    f"data.labels_per_class={self.labels_per_class}; set data.val_per_class or "
+                    f"data.val_size instead."
+                ) from error
             val_images = splits.train_images[split.validation]
             val_labels = splits.train_labels[split.validation]
         self.train_images = torch.from_numpy(np.ascontiguousarray(splits.train_images))
@@ -175,6 +200,15 @@ class FewLabelDataModule(LightningDataModule):
         self.test_labels = torch.from_numpy(splits.test_labels.astype(np.int64))
         self.split = split
         log.info("Data %s: %s", self.dataset, self.counts)
+        if self.val_size is None and self.val_per_class is None:
+            setting = "val_size" if val_per_class is None else "val_per_class"
+            value = val_size if val_per_class is None else val_per_class
+            log.info(
+                "Validation: the default data.%s=%s (data.labels_per_class=%s)",
+                setting,
+                value,
+                self.labels_per_class,
+            )
         return self
 
     def setup(self, stage: str | None = None) -> None:

@@ -25,27 +25,81 @@ class LabelSplit:
     )  # every training index outside the validation split, labeled ones included
 
 
-def resolve_val_size(val_size: int | float, num_train: int) -> int:
+# data.val_size's value for the dataset's own validation split (MedMNIST's)
+OFFICIAL = "official"
+# data.all_labels_val_size where a data config has none (that of conf/data/digits.yaml)
+ALL_LABELS_VAL_SIZE = 200
+
+
+def resolve_val_size(val_size: int | float | str, num_train: int) -> int:
     """``val_size`` as a count: an int is a count, a float in (0, 1) a fraction of the training set."""
     if isinstance(val_size, float) and 0 < val_size < 1:
         return round(val_size * num_train)
-    count = int(val_size)
-    if count < 0 or count >= num_train:
+    try:
+        count = int(val_size)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or count >= num_train or count != val_size:
         raise ConfigError(
-            f"data.val_size={val_size} must be a count in [0, {num_train - 1}] or a fraction in "
-            f"(0, 1) of the {num_train} training images."
+            f"data.val_size={val_size} must be a count in [0, {num_train - 1}], a fraction in "
+            f"(0, 1) of the {num_train} training images, or {OFFICIAL} (the dataset's own "
+            f"validation split, where it has one)."
         )
     return count
 
 
-def check_validation_settings(val_size: int | float | None, val_per_class: int | None) -> None:
+def check_validation_settings(
+    val_size: int | float | str | None, val_per_class: int | None
+) -> None:
     """A ConfigError when both ``data.val_size`` and ``data.val_per_class`` are set."""
     if val_size is not None and val_per_class is not None:
         raise ConfigError(
             f"data.val_size={val_size} and data.val_per_class={val_per_class} are both set: "
-            f"use one: data.val_per_class={val_per_class} without data.val_size (the default "
-            f"val_size then gives way), or data.val_per_class=null to keep data.val_size."
+            f"keep one: data.val_per_class={val_per_class} alone ({val_per_class} validation "
+            f"images per class; data.val_size=null if a config sets it), or "
+            f"data.val_size={val_size} alone (data.val_per_class=null if a config sets it)."
         )
+
+
+def migrate_stored_validation(data: dict) -> bool:
+    """Spell out the validation of a data config stored before the default changed (issue 22):
+    there, ``val_size`` and ``val_per_class`` both null meant the official validation split
+    (MedMNIST's default); now it means the default, so such a config (known by its missing
+    ``all_labels_val_size``) gets ``val_size="official"``. True when it changed ``data``."""
+    if "all_labels_val_size" in data:
+        return False
+    if data.get("val_size") is not None or data.get("val_per_class") is not None:
+        return False
+    data["val_size"] = OFFICIAL
+    return True
+
+
+def validation_setting(
+    labels_per_class: int | None,
+    val_size: int | float | str | None,
+    val_per_class: int | None,
+    all_labels_val_size: int | float | str | None = ALL_LABELS_VAL_SIZE,
+) -> tuple[int | float | str | None, int | None]:
+    """The validation a run uses, as ``(val_size, val_per_class)`` with at most one not None.
+
+    The one place the default is decided. ``data.val_size`` or ``data.val_per_class`` as set
+    (both: a ConfigError). Neither set: with a label budget, ``labels_per_class`` validation
+    images per class (no more validation labels than training labels, Oliver et al. 2018); with
+    all labels (``labels_per_class`` None), ``val_size = all_labels_val_size`` (the data
+    config's count, fraction or ``official``).
+    """
+    check_validation_settings(val_size, val_per_class)
+    if val_size is not None or val_per_class is not None:
+        return val_size, val_per_class
+    if labels_per_class is not None:
+        return None, int(labels_per_class)
+    if all_labels_val_size is None:
+        raise ConfigError(
+            "data.labels_per_class=null (all labels) with neither data.val_size nor "
+            "data.val_per_class set, and no data.all_labels_val_size to fall back on: set one "
+            "of them."
+        )
+    return all_labels_val_size, None
 
 
 def split_labels(

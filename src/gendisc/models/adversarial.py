@@ -3,7 +3,8 @@
 One training step is one discriminator update followed, every ``d_steps_per_g_step`` steps, by
 ``g_steps_per_d_step`` generator updates, with Lightning 2 manual optimisation
 (``toggle_optimizer`` freezes D while G trains). The core owns what every adversarial module needs
-the same way, under the same option names (``model.<name>`` in every adversarial config):
+the same way, under the same option names: one sub-config, ``model.adversarial``
+(:class:`AdversarialOptions`, ``conf/model/adversarial/default.yaml``):
 
 - the step itself, the NaN/inf guard, the optimisers' order and the epoch-end schedulers;
 - the data-dependent init of weight-normalised (and other data-initialised) layers, done once at
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +48,7 @@ from gendisc.nets.layers import (
 )
 from gendisc.utils.config import migrate_state_dict
 
-__all__ = ["AdversarialModule", "concat_passes"]
+__all__ = ["AdversarialModule", "AdversarialOptions", "concat_passes"]
 
 
 def concat_passes(
@@ -69,19 +71,62 @@ def concat_passes(
     return list(forward(*joined).split(sizes, dim=0))
 
 
-class AdversarialModule(ClassifierEvaluation):
-    """Base class of the adversarial LightningModules (manual optimisation).
+@dataclass
+class AdversarialOptions:
+    """The adversarial core's options, ``model.adversarial`` of every adversarial module.
 
     Args:
-        num_classes, class_names: as for every classifier module.
         g_steps_per_d_step: G updates per G turn.
         d_steps_per_g_step: G takes its turn after every N-th D update (one of the two is 1).
         feature_layer: index into D's hidden activations for feature matching (-1: the last).
         feature_norm: l2 (squared difference of the batch means) or l1.
         init_images: images (or latents) for the data-dependent init (0: none, g = 1, b = 0).
-        concat_d_pass: D's passes over the labeled, unlabeled and generated batches as one pass
-            over their concatenation: ``auto`` (when D has no batch-dependent layer), true or
-            false. Same maths; one larger matrix product instead of three.
+        d_ema_decay: moving average of D's weights, the D evaluated (null: off).
+        g_ema_decay: moving average of G's weights, the G sampled (null: off).
+        lr_decay_epochs: both learning rates decay linearly to 0 over the last N epochs (0: off).
+        concat_d_pass: D's passes over several batches as one pass over their concatenation:
+            ``auto`` (when D has no batch-dependent layer), true or false. Same maths; one
+            larger matrix product instead of several (a speed switch).
+    """
+
+    g_steps_per_d_step: int = 1
+    d_steps_per_g_step: int = 1
+    feature_layer: int = -1
+    feature_norm: str = "l2"
+    init_images: int = 0
+    d_ema_decay: float | None = None
+    g_ema_decay: float | None = None
+    lr_decay_epochs: int = 0
+    concat_d_pass: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        where = "model.adversarial."
+        if self.g_steps_per_d_step < 1 or self.d_steps_per_g_step < 1:
+            raise ConfigError(
+                f"{where}g_steps_per_d_step={self.g_steps_per_d_step}, {where}d_steps_per_g_step="
+                f"{self.d_steps_per_g_step}: both must be >= 1"
+            )
+        if self.g_steps_per_d_step > 1 and self.d_steps_per_g_step > 1:
+            raise ConfigError(
+                f"{where}g_steps_per_d_step and {where}d_steps_per_g_step: at most one may be "
+                "above 1"
+            )
+        if self.concat_d_pass not in ("auto", True, False):
+            raise ConfigError(
+                f"{where}concat_d_pass={self.concat_d_pass!r}: choose auto, true or false"
+            )
+        if self.feature_norm not in ("l2", "l1"):
+            raise ConfigError(f"{where}feature_norm={self.feature_norm!r}: choose l2 or l1")
+        if self.lr_decay_epochs < 0:
+            raise ConfigError(f"{where}lr_decay_epochs={self.lr_decay_epochs}: must be >= 0")
+
+
+class AdversarialModule(ClassifierEvaluation):
+    """Base class of the adversarial LightningModules (manual optimisation).
+
+    Args:
+        num_classes, class_names: as for every classifier module.
+        adversarial: the core's options (:class:`AdversarialOptions`); null: their defaults.
 
     Subclasses set ``self.discriminator`` and ``self.generator``, then call ``build_emas``.
     """
@@ -93,46 +138,50 @@ class AdversarialModule(ClassifierEvaluation):
         self,
         num_classes: int,
         class_names: list[str] | None = None,
-        g_steps_per_d_step: int = 1,
-        d_steps_per_g_step: int = 1,
-        feature_layer: int = -1,
-        feature_norm: str = "l2",
-        init_images: int = 0,
-        concat_d_pass: bool | str = "auto",
+        adversarial: dict[str, Any] | AdversarialOptions | None = None,
     ) -> None:
         super().__init__(num_classes, class_names)
         self.automatic_optimization = False
-        if g_steps_per_d_step < 1 or d_steps_per_g_step < 1:
-            raise ConfigError(
-                f"model.g_steps_per_d_step={g_steps_per_d_step}, model.d_steps_per_g_step="
-                f"{d_steps_per_g_step}: both must be >= 1"
-            )
-        if g_steps_per_d_step > 1 and d_steps_per_g_step > 1:
-            raise ConfigError(
-                "model.g_steps_per_d_step and model.d_steps_per_g_step: at most one may be above 1"
-            )
-        if concat_d_pass not in ("auto", True, False):
-            raise ConfigError(f"model.concat_d_pass={concat_d_pass!r}: choose auto, true or false")
-        if feature_norm not in ("l2", "l1"):
-            raise ConfigError(f"model.feature_norm={feature_norm!r}: choose l2 or l1")
-        self.g_steps_per_d_step = int(g_steps_per_d_step)
-        self.d_steps_per_g_step = int(d_steps_per_g_step)
-        self.feature_layer = int(feature_layer)
-        self.feature_norm = feature_norm
-        self.init_images = int(init_images)
-        self.concat_d_pass_setting = concat_d_pass
+        options = (
+            adversarial
+            if isinstance(adversarial, AdversarialOptions)
+            else AdversarialOptions(**(adversarial or {}))
+        )
+        self.adversarial = options
+        self.g_steps_per_d_step = int(options.g_steps_per_d_step)
+        self.d_steps_per_g_step = int(options.d_steps_per_g_step)
+        self.feature_layer = int(options.feature_layer)
+        self.feature_norm = options.feature_norm
+        self.init_images = int(options.init_images)
+        self.lr_decay_epochs = int(options.lr_decay_epochs)
+        self.concat_d_pass_setting = options.concat_d_pass
         self.d_ema: ExponentialMovingAverage | None = None
         self.g_ema: ExponentialMovingAverage | None = None
         self.nonfinite = NonFiniteCheck(self)
         self._stat_names: list[str] | None = None
         self._stat_sum: Tensor | None = None
 
-    def build_emas(self, d_ema_decay: float | None, g_ema_decay: float | None) -> None:
-        """The moving averages of D (``d_ema``) and of G (``g_ema``); a null or 0 decay: none."""
-        if d_ema_decay:
-            self.d_ema = ExponentialMovingAverage(self.discriminator, d_ema_decay)
-        if g_ema_decay:
-            self.g_ema = ExponentialMovingAverage(self.generator, g_ema_decay)
+    def build_emas(self) -> None:
+        """The moving averages of D (``d_ema``) and of G (``g_ema``) that
+        ``adversarial.d_ema_decay`` / ``g_ema_decay`` ask for (null or 0: none); called once
+        the nets exist."""
+        if self.adversarial.d_ema_decay:
+            self.d_ema = ExponentialMovingAverage(self.discriminator, self.adversarial.d_ema_decay)
+        if self.adversarial.g_ema_decay:
+            self.g_ema = ExponentialMovingAverage(self.generator, self.adversarial.g_ema_decay)
+
+    def with_lr_decay(self, optimizers: list[Any]) -> Any:
+        """``optimizers`` for ``configure_optimizers``, with the linear decay to 0 over the last
+        ``lr_decay_epochs`` epochs (stepped at each epoch's end) when it is on."""
+        if not self.lr_decay_epochs:
+            return optimizers
+        total = self.trainer.max_epochs
+        start = max(total - self.lr_decay_epochs, 0)
+
+        def factor(epoch: int) -> float:
+            return min(1.0, max(0.0, (total - epoch) / max(total - start, 1)))
+
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
 
     # ------------------------------------------------------------------- module-specific parts
     def discriminator_loss(self, batch: Batch, batch_idx: int) -> tuple[Tensor, dict]:
@@ -187,7 +236,7 @@ class AdversarialModule(ClassifierEvaluation):
             return not batch_dependent
         if self.concat_d_pass_setting and batch_dependent:
             raise ConfigError(
-                "model.concat_d_pass=true: D has a batch-dependent layer (batch norm or "
+                "model.adversarial.concat_d_pass=true: D has a batch-dependent layer (batch norm or "
                 "minibatch discrimination), so its batches must be separate passes; use auto"
             )
         return bool(self.concat_d_pass_setting)

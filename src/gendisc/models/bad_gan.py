@@ -4,7 +4,7 @@ ssl_gan (``model.bad_gan``), not a second module.
 
 - D: ``conditional_entropy`` x mean H(q(y | x_unl)) (confident predictions on unlabeled data;
   SVHN: 0.1);
-- G: ``pull_away`` x the pull-away term of its features at ``model.feature_layer`` (SVHN: 0.8);
+- G: ``pull_away`` x the pull-away term of its features at ``model.adversarial.feature_layer`` (SVHN: 0.8);
 - G and an encoder of the noise: ``variational_entropy`` x -log q(z | G(z)) (CIFAR-10: 0.01), a
   lower bound on G's entropy up to constants;
 - G: ``low_density.weight`` x the mean excess of log p(G(z)) over a threshold, where the density

@@ -11,6 +11,7 @@ concatenating one-hot label planes to the image; the generator receives ``y`` as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -46,6 +47,34 @@ def annealed_sigma(sigma: float, anneal_epochs: float, progress: float) -> float
     return sigma * max(0.0, 1.0 - progress / anneal_epochs)
 
 
+@dataclass
+class GANRegularizers:
+    """``model.regularizers`` of ``model=gan`` (Salimans et al. 2016, section 3; 0 / 1: off).
+
+    Args:
+        historical_averaging: weight of the penalty ||theta - mean of past theta||^2 of both
+            players.
+        real_target: target of real images in D's loss; < 1 is one-sided label smoothing (the
+            paper: 0.9).
+        instance_noise: sigma of Gaussian noise added to every image D sees, decayed linearly to
+            0 over ``instance_noise_anneal_epochs`` (0: constant).
+    """
+
+    historical_averaging: float = 0.0
+    real_target: float = 1.0
+    instance_noise: float = 0.0
+    instance_noise_anneal_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.real_target <= 1.0:
+            raise ConfigError(
+                f"model.regularizers.real_target={self.real_target}: must be in (0, 1]"
+            )
+        for name in ("historical_averaging", "real_target", "instance_noise"):
+            setattr(self, name, float(getattr(self, name)))
+        self.instance_noise_anneal_epochs = float(self.instance_noise_anneal_epochs)
+
+
 class GANModule(AdversarialModule):
     """GAN on the adversarial core: one D update per batch, G updated every
     ``d_steps_per_g_step`` batches, ``g_steps_per_d_step`` times (see ``AdversarialModule`` for
@@ -64,14 +93,12 @@ class GANModule(AdversarialModule):
         generator_objective: G's loss: feature_matching (the batch means of D's hidden layer
             ``feature_layer``, norm ``feature_norm``), or an adversarial loss (non_saturating,
             minimax, hinge); None: the adversarial loss named by ``loss``.
-        historical_averaging: weight of the historical-averaging penalty of both players (0 off).
-        real_target: target of real images in D's loss; < 1 is one-sided label smoothing.
-        instance_noise: sigma of Gaussian noise added to every image D sees (0 off), decayed
-            linearly to 0 over ``instance_noise_anneal_epochs`` (0: constant).
-        g_ema_decay: decay of an exponential moving average of G's weights, used for sampling
-            and metrics (null: off).
-        d_steps_per_g_step, g_steps_per_d_step, feature_layer, feature_norm, init_images,
-            concat_d_pass: as for ``AdversarialModule``.
+        regularizers: the game's regularizers (:class:`GANRegularizers`: historical averaging,
+            one-sided label smoothing, instance noise); null: all off.
+        adversarial: the adversarial core's options (``AdversarialOptions``: update ratio,
+            feature layer and norm, data-dependent init, the moving average of G used for
+            samples and metrics, learning-rate decay, the concatenated D pass; a GAN evaluates
+            no D, so ``d_ema_decay`` stays null).
     """
 
     def __init__(
@@ -87,28 +114,15 @@ class GANModule(AdversarialModule):
         conditioning: Conditioning = "projection",
         loss: str = "non_saturating",
         generator_objective: str | None = None,
-        d_steps_per_g_step: int = 1,
-        g_steps_per_d_step: int = 1,
-        feature_layer: int = -1,
-        feature_norm: Literal["l2", "l1"] = "l2",
-        historical_averaging: float = 0.0,
-        real_target: float = 1.0,
-        instance_noise: float = 0.0,
-        instance_noise_anneal_epochs: float = 0.0,
-        g_ema_decay: float | None = None,
-        init_images: int = 0,
-        concat_d_pass: bool | str = "auto",
+        regularizers: dict[str, float] | None = None,
+        adversarial: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(
-            num_classes,
-            class_names,
-            g_steps_per_d_step=g_steps_per_d_step,
-            d_steps_per_g_step=d_steps_per_g_step,
-            feature_layer=feature_layer,
-            feature_norm=feature_norm,
-            init_images=init_images,
-            concat_d_pass=concat_d_pass,
-        )
+        super().__init__(num_classes, class_names, adversarial)
+        if self.adversarial.d_ema_decay:
+            raise ConfigError(
+                "model.adversarial.d_ema_decay: a GAN evaluates no discriminator; keep it null "
+                "(model.adversarial.g_ema_decay averages G for samples and metrics)"
+            )
         self.save_hyperparameters(
             ignore=["discriminator", "generator", "d_optimizer", "g_optimizer"]
         )
@@ -122,8 +136,7 @@ class GANModule(AdversarialModule):
             )
         if conditioning not in ("projection", "concat"):
             raise ConfigError(f"model.conditioning={conditioning!r}: choose projection or concat")
-        if not 0.0 < real_target <= 1.0:
-            raise ConfigError(f"model.real_target={real_target}: must be in (0, 1]")
+        reg = GANRegularizers(**(regularizers or {}))
         self.in_shape = tuple(int(v) for v in in_shape)
         self.conditional = bool(conditional)
         self.conditioning = conditioning
@@ -143,11 +156,11 @@ class GANModule(AdversarialModule):
         self.g_optimizer_factory = g_optimizer
         self.loss = loss
         self.generator_objective = objective
-        self.historical_averaging = float(historical_averaging)
-        self.real_target = float(real_target)
-        self.instance_noise = float(instance_noise)
-        self.instance_noise_anneal_epochs = float(instance_noise_anneal_epochs)
-        self.build_emas(d_ema_decay=None, g_ema_decay=g_ema_decay)
+        self.historical_averaging = reg.historical_averaging
+        self.real_target = reg.real_target
+        self.instance_noise = reg.instance_noise
+        self.instance_noise_anneal_epochs = reg.instance_noise_anneal_epochs
+        self.build_emas()
         if self.historical_averaging > 0:
             self.d_history = HistoricalAverage(self.discriminator)
             self.p_history = HistoricalAverage(self.projection) if self.projection else None
@@ -318,10 +331,9 @@ class GANModule(AdversarialModule):
         d_players, g_players = self._players()
         d_params = [p for m in d_players for p in m.parameters() if p.requires_grad]
         g_params = [p for m in g_players for p in m.parameters() if p.requires_grad]
-        return [
-            self.d_optimizer_factory(params=d_params),
-            self.g_optimizer_factory(params=g_params),
-        ]
+        return self.with_lr_decay(
+            [self.d_optimizer_factory(params=d_params), self.g_optimizer_factory(params=g_params)]
+        )
 
     # ----------------------------------------------------------------------------- evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

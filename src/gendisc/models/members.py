@@ -23,13 +23,21 @@ Random streams (``rng``):
 
 At the end ``unstack()`` copies each member back into its own ``SSLGANModule`` (weights, the
 EMA, the generator's batch-norm statistics), which is tested and reported like a single run.
+
+``state_dict()`` / ``load_state_dict()``: the whole training state between two epochs (the
+stacked weights, optimiser moments, EMA, every member's random stream and data-stream epoch,
+the counters and the last epoch's statistics), plain tensors and Python values only, so a
+group continues from it exactly as if it had not stopped (``gendisc.members`` writes it as the
+group checkpoint); a subset of the members can be loaded too (finished members left out).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +55,7 @@ from gendisc.nets.layers import mark_initialized, needs_data_init
 
 __all__ = [
     "ELEMENTWISE_OPTIMIZERS",
+    "GROUP_STATE_FORMAT",
     "RNG_MODES",
     "Member",
     "MemberGroup",
@@ -56,7 +65,11 @@ __all__ = [
     "prepare_member",
 ]
 
+log = logging.getLogger(__name__)
+
 RNG_MODES = ("member", "shared")
+# the version of ``MemberGroup.state_dict``'s layout (a group checkpoint of another is refused)
+GROUP_STATE_FORMAT = 1
 # optimisers whose update of a stacked tensor is N independent updates (element-wise maths,
 # one step count per tensor; no norm or statistic over a whole tensor)
 ELEMENTWISE_OPTIMIZERS = ("AdamEpsInsideSqrt", "Adam", "AdamW", "SGD", "RMSprop")
@@ -158,6 +171,33 @@ class TensorAdam:
         self.exp_avg_sqs = [[torch.zeros_like(p) for p in g[0]] for g in self.groups]
         self.t = torch.zeros((), dtype=torch.float64, device=device)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The moments and the step count (tensors, as ``load_state_dict`` takes them)."""
+        return {
+            "kind": "TensorAdam",
+            "t": self.t,
+            "exp_avgs": self.exp_avgs,
+            "exp_avg_sqs": self.exp_avg_sqs,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy a ``state_dict`` into this update's tensors (in place: a captured CUDA graph
+        keeps reading the same memory)."""
+        if not isinstance(state, dict) or state.get("kind") != "TensorAdam":
+            raise ConfigError(
+                "members: the group checkpoint holds the optimiser state of the eager updates; "
+                "resume with the same hydra.launcher.graphs setting as the interrupted group"
+            )
+        self.t.copy_(state["t"])
+        for mine, theirs in (
+            (self.exp_avgs, state["exp_avgs"]),
+            (self.exp_avg_sqs, state["exp_avg_sqs"]),
+        ):
+            for group, saved in zip(mine, theirs, strict=True):
+                for tensor, value in zip(group, saved, strict=True):
+                    tensor.copy_(value)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for params, *_ in self.groups:
             for p in params:
@@ -210,6 +250,10 @@ class TensorEMA:
         self.ema.num_updates.fill_(int(self.t.item()))
         self.ema._count = None
 
+    def load(self) -> None:
+        """Take the count of the average (after its ``load_state_dict``)."""
+        self.t.fill_(int(self.ema.num_updates))
+
 
 def _ema_updater(
     ema: ExponentialMovingAverage | None, module: torch.nn.Module, capturable: bool
@@ -227,6 +271,29 @@ class _DataOnly:
 
     def __init__(self, datamodule: L.LightningDataModule) -> None:
         self.datamodule = datamodule
+
+
+def _select_members(value: Any, size: int, indices: Sequence[int]) -> Any:
+    """``value`` (a state dict, nested dicts/lists/tuples of tensors and plain values) with the
+    members ``indices`` of ``size`` kept: every tensor with a dimension holds one slice per
+    member along dim 0 (the batched nets, their optimiser moments and EMA); 0-d tensors (step
+    counts) and plain values are shared and kept as they are."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0:
+            return value
+        if value.shape[0] != size:
+            raise ConfigError(
+                f"members: a tensor of shape {tuple(value.shape)} in the group checkpoint has no "
+                f"member dimension of {size}: the file does not fit this group"
+            )
+        if list(indices) == list(range(size)):
+            return value
+        return value[torch.tensor(list(indices), dtype=torch.long, device=value.device)]
+    if isinstance(value, dict):
+        return {key: _select_members(item, size, indices) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_select_members(item, size, indices) for item in value)
+    return value
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -297,8 +364,8 @@ class MemberGroup:
             raise ConfigError("members: CUDA graphs (graphs=true) need a CUDA device")
         if self.graphs and (first.d_steps_per_g_step != 1 or first.lr_decay_epochs):
             raise ConfigError(
-                "members: CUDA graphs need model.d_steps_per_g_step=1 and "
-                "model.lr_decay_epochs=0 (one step shape, constant learning rates)"
+                "members: CUDA graphs need model.adversarial.d_steps_per_g_step=1 and "
+                "model.adversarial.lr_decay_epochs=0 (one step shape, constant learning rates)"
             )
         self._graph: Any = None
         self._warm_steps = 0
@@ -496,21 +563,33 @@ class MemberGroup:
         steps_per_epoch: int | None = None,
         max_steps: int = -1,
         time_limit_s: float | None = None,
+        on_epoch_end: Callable[[MemberGroup], None] | None = None,
     ) -> None:
-        """Train every member for ``max_epochs`` epochs of ``steps_per_epoch`` steps (default:
-        the loader's length, as ``trainer.limit_train_batches`` cuts it), stopping after
-        ``max_steps`` steps in all when positive; the last epoch's mean statistics per member
-        go to ``Member.stats``. A member's NaN/inf loss stops the group (checked each epoch).
-        ``time_limit_s``: no epoch starts that would end after that many seconds of training
-        (judged by the slowest epoch so far); ``stopped_early`` then says so."""
+        """Train every member until ``max_epochs`` epochs (counted from the group's start, so
+        a group loaded from a ``state_dict`` trains the epochs left) of ``steps_per_epoch``
+        steps (default: the loader's length, as ``trainer.limit_train_batches`` cuts it),
+        stopping after ``max_steps`` steps in all when positive; the last epoch's mean
+        statistics per member go to ``Member.stats``. A member's NaN/inf loss stops the group
+        (checked each epoch). ``time_limit_s``: no epoch starts that would end after that many
+        seconds of this call (judged by the slowest epoch so far); ``stopped_early`` then says
+        so. ``on_epoch_end(group)`` runs after every epoch (e.g. to save a checkpoint); its
+        time is not counted in ``fit_seconds``."""
         self.d.train()
         self.g.train()
         schedulers = self._schedulers(max_epochs)
+        if schedulers and self.epochs:
+            with warnings.catch_warnings():  # "scheduler step before optimizer step"
+                warnings.simplefilter("ignore", UserWarning)
+                for scheduler in schedulers:
+                    for _ in range(self.epochs):
+                        scheduler.step()
         length = len(self.members[0].loader)
         steps_per_epoch = min(steps_per_epoch or length, length)
+        earlier_seconds = self.fit_seconds
+        paused = 0.0
         start = time.perf_counter()
         slowest = 0.0
-        for _ in range(max_epochs):
+        while self.epochs < max_epochs:
             if 0 < max_steps <= self.global_step:
                 break
             if time_limit_s is not None and time.perf_counter() - start + slowest > time_limit_s:
@@ -540,9 +619,16 @@ class MemberGroup:
                 member.stats = {key: float(value[i]) for key, value in means.items()}
                 member.stats["train/loss"] = member.stats["train/d_loss"]
             slowest = max(slowest, time.perf_counter() - epoch_start)
+            if on_epoch_end is not None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.fit_seconds = earlier_seconds + time.perf_counter() - start - paused
+                hook_start = time.perf_counter()
+                on_epoch_end(self)
+                paused += time.perf_counter() - hook_start
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.fit_seconds += time.perf_counter() - start
+        self.fit_seconds = earlier_seconds + time.perf_counter() - start - paused
 
     def _check_finite(self, means: dict[str, Tensor]) -> None:
         for key in ("train/d_loss", "train/g_loss"):
@@ -557,6 +643,97 @@ class MemberGroup:
                     f"{self.epochs} for {', '.join(bad)}; lower the learning rate or train "
                     "those runs one at a time to see the step"
                 )
+
+    # --------------------------------------------------------------------------- checkpoints
+    @torch.no_grad()
+    def state_dict(self) -> dict[str, Any]:
+        """The group's training state between two epochs (module docstring): tensors (on the
+        group's device) and plain Python values only, as ``torch.load(weights_only=True)``
+        reads them back. Per-member tensors have the member dimension first."""
+        for updater in (self.d_ema_update, self.g_ema_update):
+            if isinstance(updater, TensorEMA):
+                updater.sync()
+        size = len(self.members)
+        return {
+            "format": GROUP_STATE_FORMAT,
+            "size": size,
+            "rng": self.rng,
+            "capturable": self.capturable,
+            "d": self.d.state_dict(),
+            "g": self.g.state_dict(),
+            "d_ema": None if self.d_ema is None else self.d_ema.state_dict(),
+            "g_ema": None if self.g_ema is None else self.g_ema.state_dict(),
+            "d_optimizer": self.d_update.state_dict(),
+            "g_optimizer": self.g_update.state_dict(),
+            "generators": [generator.get_state() for generator in self.generators],
+            "loader_epochs": [
+                int(getattr(m.loader, "epochs_started", self.epochs)) for m in self.members
+            ],
+            "stats": [dict(m.stats) for m in self.members],
+            "epochs": self.epochs,
+            "global_step": self.global_step,
+            "train_images_per_member": self.train_images // size,
+            "fit_seconds_per_member": self.fit_seconds / size,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any], indices: Sequence[int] | None = None) -> None:
+        """Continue from ``state_dict()`` of a group built from the same configs: member i of
+        this group takes saved member ``indices[i]`` (default: all, in order; a subset when
+        some saved members need no more training). Raises ConfigError when it does not fit."""
+        if not isinstance(state, dict) or state.get("format") != GROUP_STATE_FORMAT:
+            raise ConfigError(
+                "members: the group checkpoint was written by another gendisc version "
+                f"(format {state.get('format') if isinstance(state, dict) else '?'}, "
+                f"this one reads {GROUP_STATE_FORMAT}); start the group afresh"
+            )
+        size = int(state["size"])
+        indices = list(range(size)) if indices is None else [int(i) for i in indices]
+        if len(indices) != len(self.members) or not all(0 <= i < size for i in indices):
+            raise ConfigError(
+                f"members: members {indices} of a group checkpoint of {size} do not make this "
+                f"group of {len(self.members)}"
+            )
+        if state["rng"] != self.rng or bool(state["capturable"]) != self.capturable:
+            raise ConfigError(
+                f"members: the group checkpoint was written with rng={state['rng']}, "
+                f"capturable/graphs={state['capturable']}; resume with the same "
+                "hydra.launcher.rng and hydra.launcher.graphs"
+            )
+        if len(indices) != size and self.rng == "shared" and int(state["epochs"]) > 0:
+            log.info("members: a subset of a rng=shared group continues with new shared draws")
+
+        def pick(value: Any) -> Any:
+            return _select_members(value, size, indices)
+
+        self.d.load_state_dict(pick(state["d"]))
+        self.g.load_state_dict(pick(state["g"]))
+        for name, ema, updater in (
+            ("d_ema", self.d_ema, self.d_ema_update),
+            ("g_ema", self.g_ema, self.g_ema_update),
+        ):
+            if (ema is None) != (state[name] is None):
+                raise ConfigError(f"members: the group checkpoint's {name} does not fit the model")
+            if ema is not None:
+                ema.load_state_dict(pick(state[name]))
+                if isinstance(updater, TensorEMA):
+                    updater.load()
+        self.d_update.load_state_dict(pick(state["d_optimizer"]))
+        self.g_update.load_state_dict(pick(state["g_optimizer"]))
+        generators = state["generators"]
+        if self.rng == "member":
+            generators = [generators[i] for i in indices]
+        for generator, saved in zip(self.generators, generators, strict=True):
+            generator.set_state(saved)
+        for member, i in zip(self.members, indices, strict=True):
+            if hasattr(member.loader, "epochs_started"):
+                member.loader.epochs_started = int(state["loader_epochs"][i])
+            member.stats = dict(state["stats"][i])
+        self.epochs = int(state["epochs"])
+        self.global_step = int(state["global_step"])
+        self.train_images = int(state["train_images_per_member"]) * len(self.members)
+        self.fit_seconds = float(state["fit_seconds_per_member"]) * len(self.members)
+        self.stopped_early = False
 
     # ------------------------------------------------------------------------------ results
     @torch.no_grad()

@@ -38,24 +38,18 @@ class SSLGANModule(AdversarialModule):
 
     Args:
         discriminator: partial of a classifier net (``in_shape``, ``num_classes``) exposing
-            ``forward_with_features``; its minibatch-discrimination switch lives in its config.
+            ``forward_with_features``; its techniques (minibatch discrimination, noise) are
+            options of its config.
         generator: partial of a generator net (``out_shape``).
         d_optimizer, g_optimizer: partials of torch optimizers.
+        in_shape, num_classes, class_names: from the data (``gendisc.models.contract``).
         generator_objective: G's loss: feature_matching (the paper's SSL choice), minimax or
             non_saturating (the K+1-class forms of the GAN's losses of those names).
-        feature_layer: index into the discriminator's hidden activations for feature matching
-            (-1: the last hidden layer).
-        feature_norm: l2 (MNIST code: squared difference of the means) or l1 (CIFAR code).
-        separate_feature_batch: take the real feature statistics from a second unlabeled batch.
         unlabeled_weight: w in ``L_lab + w * L_unl``.
-        g_steps_per_d_step: G updates per D update (the minibatch-discrimination scripts use 3).
-        d_steps_per_g_step: G takes its turn after every N-th D update.
-        d_ema_decay: decay of the moving average of D's weights used for evaluation; null: off.
-        g_ema_decay: decay of the moving average of G's weights used for samples; null: off.
-        init_images: images for the data-dependent init of weight-normalised layers (0: off).
-        lr_decay_epochs: decay both learning rates linearly to 0 over the last N epochs.
-        concat_d_pass: D's three batches as one pass (auto: when D has no batch-dependent
-            layer; see ``AdversarialModule``).
+        separate_feature_batch: take the real feature statistics from a second unlabeled batch.
+        adversarial: the adversarial core's options (``AdversarialOptions``: update ratio,
+            feature layer and norm, data-dependent init, moving averages of D and G, learning
+            rate decay, the concatenated D pass).
         bad_gan: null, or the Bad GAN terms' options (``gendisc.models.bad_gan.BadGANTerms``):
             a complement generator (Dai et al. 2017).
         finetune: how D's backbone trains beside its head (``gendisc.models.finetune``: a
@@ -72,30 +66,13 @@ class SSLGANModule(AdversarialModule):
         num_classes: int,
         class_names: list[str] | None = None,
         generator_objective: GeneratorObjective = "feature_matching",
-        feature_layer: int = -1,
-        feature_norm: Literal["l2", "l1"] = "l2",
-        separate_feature_batch: bool = True,
         unlabeled_weight: float = 1.0,
-        g_steps_per_d_step: int = 1,
-        d_steps_per_g_step: int = 1,
-        d_ema_decay: float | None = 0.9999,
-        g_ema_decay: float | None = None,
-        init_images: int = 500,
-        lr_decay_epochs: int = 0,
-        concat_d_pass: bool | str = "auto",
+        separate_feature_batch: bool = True,
+        adversarial: dict[str, Any] | None = None,
         bad_gan: dict[str, Any] | None = None,
         finetune: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(
-            num_classes,
-            class_names,
-            g_steps_per_d_step=g_steps_per_d_step,
-            d_steps_per_g_step=d_steps_per_g_step,
-            feature_layer=feature_layer,
-            feature_norm=feature_norm,
-            init_images=init_images,
-            concat_d_pass=concat_d_pass,
-        )
+        super().__init__(num_classes, class_names, adversarial)
         if generator_objective not in GENERATOR_OBJECTIVES:
             raise ConfigError(
                 f"model.generator_objective={generator_objective!r}: choose one of "
@@ -115,8 +92,7 @@ class SSLGANModule(AdversarialModule):
         self.g_optimizer_factory = g_optimizer
         self.generator_objective = generator_objective
         self.unlabeled_weight = unlabeled_weight
-        self.lr_decay_epochs = lr_decay_epochs
-        self.build_emas(d_ema_decay=d_ema_decay, g_ema_decay=g_ema_decay)
+        self.build_emas()
         # the raw D's validation accuracy, beside the EMA's (only when the EMA is evaluated)
         self.val_acc_raw = (
             MulticlassAccuracy(num_classes, average="micro") if self.d_ema is not None else None
@@ -238,15 +214,4 @@ class SSLGANModule(AdversarialModule):
         if self.bad_gan is not None and self.bad_gan.encoder is not None:
             g_parameters += list(self.bad_gan.encoder.parameters())  # trained with G
         g_optimizer = self.g_optimizer_factory(params=g_parameters)
-        if not self.lr_decay_epochs:
-            return [d_optimizer, g_optimizer]
-        total = self.trainer.max_epochs
-        start = max(total - self.lr_decay_epochs, 0)
-
-        def factor(epoch: int) -> float:
-            return min(1.0, max(0.0, (total - epoch) / max(total - start, 1)))
-
-        schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (d_optimizer, g_optimizer)
-        ]
-        return [d_optimizer, g_optimizer], schedulers
+        return self.with_lr_decay([d_optimizer, g_optimizer])

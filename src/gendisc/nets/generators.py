@@ -11,7 +11,8 @@ for ``z`` are returned (the cost: ``vbn_reference_size`` extra rows per call).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,15 @@ from gendisc.nets.layers import (
     as_shape,
 )
 
-__all__ = ["DCGANGenerator", "LatentNet", "MLPGenerator", "SalimansMLPGenerator", "seed_size"]
+__all__ = [
+    "DCGANGenerator",
+    "LatentNet",
+    "MLPGenerator",
+    "SalimansMLPGenerator",
+    "normalisation",
+    "one_hot_labels",
+    "seed_size",
+]
 
 _LATENTS = ("normal", "uniform")
 
@@ -42,23 +51,41 @@ class _Shift(nn.Module):
         return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def _norm_layers(
-    n: int, spatial: bool, batch_norm: bool, vbn: bool, scale: bool
-) -> list[nn.Module]:
-    """Normalisation layers for ``n`` features: VBN, BN or nothing; ``scale=False`` keeps
-    only a learned shift."""
-    if vbn:
-        norm: nn.Module = VirtualBatchNorm(n, affine=scale)
-    elif batch_norm:
-        norm = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(n, affine=scale)
-    else:
-        return []
-    return [norm] if scale else [norm, _Shift(n)]
+# normalisation layers for (features, spatial); the layer they follow has no bias
+Norm = Callable[[int, bool], list[nn.Module]]
+
+
+def normalisation(batch_norm: bool, vbn: bool, scale: bool) -> Norm | None:
+    """VBN, BN or no normalisation (None); ``scale=False`` keeps only a learned shift."""
+    if not (batch_norm or vbn):
+        return None
+
+    def layers(n: int, spatial: bool) -> list[nn.Module]:
+        if vbn:
+            norm: nn.Module = VirtualBatchNorm(n, affine=scale)
+        else:
+            norm = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(n, affine=scale)
+        return [norm] if scale else [norm, _Shift(n)]
+
+    return layers
+
+
+def one_hot_labels(y: Tensor | None, num_classes: int, n: int, like: Tensor) -> Tensor | None:
+    """One-hot code of ``y`` for a conditional net (checked), None for an unconditional one."""
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError("this net is unconditional (num_classes=0): pass y=None")
+        return None
+    if y is None or y.shape != (n,):
+        got = None if y is None else tuple(y.shape)
+        raise ValueError(f"this net is class-conditional: pass labels y of shape ({n},), got {got}")
+    return F.one_hot(y.long(), num_classes).to(like.dtype)
 
 
 class LatentNet(nn.Module):
     """Shared by the generators and the VAE decoders: latent size, output shape (C, H, W),
-    conditioning on ``num_classes`` and latent sampling (``latent_distribution``)."""
+    conditioning on ``num_classes`` (``_inputs``), latent sampling (``latent_distribution``)
+    and the layer stacks they are built of (``_dense_net``, ``_upsampling_layers``)."""
 
     latent_distribution = "normal"
 
@@ -89,9 +116,78 @@ class LatentNet(nn.Module):
             return torch.rand(shape, device=device, generator=generator)
         return torch.randn(shape, device=device, generator=generator)
 
+    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
+        """The net's input: ``z`` (checked), with the one-hot code of ``y`` when conditional."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        code = one_hot_labels(y, self.num_classes, z.shape[0], z)
+        return z if code is None else torch.cat([z, code], dim=1)
+
+    def _dense_net(
+        self,
+        hidden: Sequence[int],
+        norm: Norm | None,
+        activation: str,
+        output: Callable[[int, int], nn.Module] = nn.Linear,
+    ) -> nn.Sequential:
+        """input_dim -> [dense -> norm -> activation] per hidden width -> ``output(width,
+        prod(out_shape))``; the dense layers have a bias only without ``norm``."""
+        layers: list[nn.Module] = []
+        width = self.input_dim
+        for h in as_shape(hidden):
+            layers.append(nn.Linear(width, h, bias=norm is None))
+            layers += norm(h, False) if norm else []
+            layers.append(activation_layer(activation))
+            width = h
+        layers.append(output(width, math.prod(self.out_shape)))
+        return nn.Sequential(*layers)
+
+    def _setup_seed(self, base_channels: int, max_upsamples: int) -> int:
+        """Sets ``seed_shape`` = (base_channels * 2^k, H / 2^k, W / 2^k) (:func:`seed_size`)
+        of a transposed-conv net and returns its number k of 2x upsamplings."""
+        _, h, w = self.out_shape
+        k, h0, w0 = seed_size(h, w, max_upsamples)
+        self.seed_shape = (base_channels * 2**k, h0, w0)
+        return k
+
+    def _upsampling_layers(
+        self,
+        k: int,
+        kernel_size: int,
+        norm: Norm | None,
+        activation: str,
+        weight_norm: bool = False,
+    ) -> list[nn.Module]:
+        """From the seed's channels: k - 1 x [ConvTranspose (kernel_size, stride 2) halving the
+        channels -> norm -> activation] -> ConvTranspose to C channels at full size
+        (weight-normalised with init scale 0.1 with ``weight_norm``), a 3x3 conv when k = 0.
+        The hidden convs have a bias only without ``norm``."""
+        c, c_out = self.seed_shape[0], self.out_shape[0]
+        pad = (kernel_size - 1) // 2
+        out_pad = 2 + 2 * pad - kernel_size  # makes every transposed conv exactly double
+        layers: list[nn.Module] = []
+        for _ in range(k - 1):
+            layers.append(
+                nn.ConvTranspose2d(c, c // 2, kernel_size, 2, pad, out_pad, bias=norm is None)
+            )
+            layers += norm(c // 2, True) if norm else []
+            layers.append(activation_layer(activation))
+            c //= 2
+        if k == 0:
+            if weight_norm:
+                raise ConfigError("weight_norm needs at least one upsampling (even out_shape)")
+            layers.append(nn.Conv2d(c, c_out, 3, 1, 1))
+        elif weight_norm:
+            layers.append(
+                WeightNormConvTranspose2d(c, c_out, kernel_size, 2, pad, out_pad, init_scale=0.1)
+            )
+        else:
+            layers.append(nn.ConvTranspose2d(c, c_out, kernel_size, 2, pad, out_pad))
+        return layers
+
 
 class _Generator(LatentNet):
-    """Shared logic: conditioning, latent sampling, VBN reference batch."""
+    """Shared logic: latent distribution, VBN reference batch, tanh output."""
 
     def __init__(
         self,
@@ -117,23 +213,9 @@ class _Generator(LatentNet):
             y_ref = torch.arange(vbn_reference_size) % max(self.num_classes, 1)
             self.register_buffer("vbn_y_ref", y_ref)
 
-    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
-        if not self.conditional:
-            if y is not None:
-                raise ValueError("this generator is unconditional (num_classes=0): pass y=None")
-            return z
-        if y is None:
-            raise ValueError(
-                f"this generator is class-conditional: pass labels y of shape ({z.shape[0]},)"
-            )
-        if y.shape != (z.shape[0],):
-            raise ValueError(f"y must have shape ({z.shape[0]},), got {tuple(y.shape)}")
-        return torch.cat([z, F.one_hot(y.long(), self.num_classes).to(z.dtype)], dim=1)
-
     def _body(self, h: Tensor, ref_size: int) -> Tensor:
-        raise NotImplementedError
+        """The net's output for the rows ``h`` (tanh of ``net``, by default)."""
+        return torch.tanh(_run(self.net, h, ref_size))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         h = self._inputs(z, y)
@@ -183,15 +265,12 @@ class SalimansMLPGenerator(_Generator):
             virtual_batch_norm,
             vbn_reference_size,
         )
-        layers: list[nn.Module] = []
-        width = self.input_dim
-        for h in as_shape(hidden):
-            layers.append(nn.Linear(width, h, bias=False))
-            layers += _norm_layers(h, False, True, self.virtual_batch_norm, bn_scale)
-            layers.append(nn.Softplus())
-            width = h
-        layers.append(WeightNormLinear(width, math.prod(self.out_shape), data_init=False))
-        self.net = nn.Sequential(*layers)
+        self.net = self._dense_net(
+            hidden,
+            normalisation(True, self.virtual_batch_norm, bn_scale),
+            "softplus",
+            partial(WeightNormLinear, data_init=False),
+        )
 
     def _body(self, h: Tensor, ref_size: int) -> Tensor:
         return 2.0 * torch.sigmoid(_run(self.net, h, ref_size)) - 1.0
@@ -225,20 +304,12 @@ class MLPGenerator(_Generator):
             virtual_batch_norm,
             vbn_reference_size,
         )
-        normed = batch_norm or self.virtual_batch_norm
-        layers: list[nn.Module] = []
-        width = self.input_dim
-        for h in as_shape(hidden):
-            layers.append(nn.Linear(width, h, bias=not normed))
-            layers += _norm_layers(h, False, batch_norm, self.virtual_batch_norm, True)
-            layers.append(activation_layer(activation))
-            width = h
-        n_out = math.prod(self.out_shape)
-        layers.append(WeightNormLinear(width, n_out) if weight_norm else nn.Linear(width, n_out))
-        self.net = nn.Sequential(*layers)
-
-    def _body(self, h: Tensor, ref_size: int) -> Tensor:
-        return torch.tanh(_run(self.net, h, ref_size))
+        self.net = self._dense_net(
+            hidden,
+            normalisation(batch_norm, self.virtual_batch_norm, True),
+            activation,
+            WeightNormLinear if weight_norm else nn.Linear,
+        )
 
 
 def seed_size(h: int, w: int, max_upsamples: int) -> tuple[int, int, int]:
@@ -286,36 +357,11 @@ class DCGANGenerator(_Generator):
         )
         if kernel_size < 2:
             raise ConfigError(f"kernel_size must be >= 2, got {kernel_size}")
-        c_out, h, w = self.out_shape
-        k, h0, w0 = seed_size(h, w, max_upsamples)
-        self.seed_shape = (base_channels * 2**k, h0, w0)
-        normed = batch_norm or self.virtual_batch_norm
-        vbn = self.virtual_batch_norm
-        c = self.seed_shape[0]
+        k = self._setup_seed(base_channels, max_upsamples)
+        norm = normalisation(batch_norm, self.virtual_batch_norm, bn_scale)
         n_seed = math.prod(self.seed_shape)
-        layers: list[nn.Module] = [nn.Linear(self.input_dim, n_seed, bias=not normed)]
-        layers += _norm_layers(n_seed, False, batch_norm, vbn, bn_scale)
+        layers: list[nn.Module] = [nn.Linear(self.input_dim, n_seed, bias=norm is None)]
+        layers += norm(n_seed, False) if norm else []
         layers += [nn.ReLU(), nn.Unflatten(1, self.seed_shape)]
-        pad = (kernel_size - 1) // 2
-        out_pad = 2 + 2 * pad - kernel_size  # makes every transposed conv exactly double
-        for _ in range(k - 1):
-            layers.append(
-                nn.ConvTranspose2d(c, c // 2, kernel_size, 2, pad, out_pad, bias=not normed)
-            )
-            layers += _norm_layers(c // 2, True, batch_norm, vbn, bn_scale)
-            layers.append(nn.ReLU())
-            c //= 2
-        if k == 0:
-            if weight_norm:
-                raise ConfigError("weight_norm needs at least one upsampling (even out_shape)")
-            layers.append(nn.Conv2d(c, c_out, 3, 1, 1))
-        elif weight_norm:
-            layers.append(
-                WeightNormConvTranspose2d(c, c_out, kernel_size, 2, pad, out_pad, init_scale=0.1)
-            )
-        else:
-            layers.append(nn.ConvTranspose2d(c, c_out, kernel_size, 2, pad, out_pad))
+        layers += self._upsampling_layers(k, kernel_size, norm, "relu", weight_norm)
         self.net = nn.Sequential(*layers)
-
-    def _body(self, h: Tensor, ref_size: int) -> Tensor:
-        return torch.tanh(_run(self.net, h, ref_size))

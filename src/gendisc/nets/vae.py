@@ -17,26 +17,13 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gendisc.nets.classifiers import ConvNet, MLPClassifier
-from gendisc.nets.generators import LatentNet, seed_size
+from gendisc.nets.generators import LatentNet, normalisation, one_hot_labels
 from gendisc.nets.layers import activation_layer, as_shape
 
 __all__ = ["ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder"]
-
-
-def _one_hot(y: Tensor | None, num_classes: int, n: int, like: Tensor) -> Tensor | None:
-    """One-hot code of ``y`` for a conditional net (checked), None for an unconditional one."""
-    if num_classes == 0:
-        if y is not None:
-            raise ValueError("this net is unconditional (num_classes=0): pass y=None")
-        return None
-    if y is None or y.shape != (n,):
-        got = None if y is None else tuple(y.shape)
-        raise ValueError(f"this net is class-conditional: pass labels y of shape ({n},), got {got}")
-    return F.one_hot(y.long(), num_classes).to(like.dtype)
 
 
 class _Encoder(nn.Module):
@@ -55,7 +42,7 @@ class _Encoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self._trunk(x).flatten(1)
-        code = _one_hot(y, self.num_classes, x.shape[0], h)
+        code = one_hot_labels(y, self.num_classes, x.shape[0], h)
         if code is not None:
             h = torch.cat([h, code], dim=1)
         return self.mu(h), self.logvar(h)
@@ -121,17 +108,7 @@ class ConvEncoder(_Encoder):
         return h
 
 
-class _Decoder(LatentNet):
-    """Shared logic: the conditional input (latents from the prior N(0, I))."""
-
-    def _inputs(self, z: Tensor, y: Tensor | None) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
-        code = _one_hot(y, self.num_classes, z.shape[0], z)
-        return z if code is None else torch.cat([z, code], dim=1)
-
-
-class MLPDecoder(_Decoder):
+class MLPDecoder(LatentNet):
     """Dense decoder: [dense -> activation] per hidden width -> dense prod(out_shape)."""
 
     def __init__(
@@ -144,19 +121,13 @@ class MLPDecoder(_Decoder):
     ) -> None:
         super().__init__()
         self._setup_latent(latent_dim, out_shape, num_classes)
-        layers: list[nn.Module] = []
-        width = self.input_dim
-        for h in as_shape(hidden):
-            layers += [nn.Linear(width, h), activation_layer(activation)]
-            width = h
-        layers.append(nn.Linear(width, math.prod(self.out_shape)))
-        self.net = nn.Sequential(*layers)
+        self.net = self._dense_net(hidden, None, activation)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.net(self._inputs(z, y)).view(-1, *self.out_shape)
 
 
-class ConvDecoder(_Decoder):
+class ConvDecoder(LatentNet):
     """Transposed-conv decoder (the DCGAN generator's layout without its tanh): dense ->
     (base_channels * 2^k, H / 2^k, W / 2^k) -> [ConvTranspose 4x4 stride 2 halving the
     channels -> norm -> act] x (k - 1) -> ConvTranspose 4x4 stride 2 to C channels (3x3 conv
@@ -174,22 +145,11 @@ class ConvDecoder(_Decoder):
     ) -> None:
         super().__init__()
         self._setup_latent(latent_dim, out_shape, num_classes)
-        c_out, h, w = self.out_shape
-        k, h0, w0 = seed_size(h, w, max_upsamples)
-        c = base_channels * 2**k
-        self.seed_shape = (c, h0, w0)
+        k = self._setup_seed(base_channels, max_upsamples)
         layers: list[nn.Module] = [nn.Linear(self.input_dim, math.prod(self.seed_shape))]
         layers += [activation_layer(activation), nn.Unflatten(1, self.seed_shape)]
-        for _ in range(k - 1):
-            layers.append(nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(c // 2))
-            layers.append(activation_layer(activation))
-            c //= 2
-        if k == 0:
-            layers.append(nn.Conv2d(c, c_out, 3, 1, 1))
-        else:
-            layers.append(nn.ConvTranspose2d(c, c_out, 4, 2, 1))
+        norm = normalisation(batch_norm, False, True)
+        layers += self._upsampling_layers(k, 4, norm, activation)
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:

@@ -11,8 +11,8 @@ sub-directory of the run directory:
 - ``stage1_generator/``: overrides ``two_stage.generator`` (e.g. ``experiment=cgan_mnist``),
   then the command line's overrides except ``experiment`` and ``model...`` ones (data, seeds,
   trainer, paths, ... reach every stage), then the classifier's label protocol
-  (``data.labels_per_class``, ``data.val_size``, ``data.val_per_class``, ``data.data_seed``):
-  the generator learns from the same labeled examples;
+  (``data.labels_per_class``, ``data.val_size``, ``data.val_per_class``, ``data.data_seed``,
+  the default validation spelled out): the generator learns from the same labeled examples;
 - ``stage2_classifier/``: the command line's config, with ``model.generator_ckpt`` set to the
   stage-1 checkpoint (the one stage 1 was tested with: best or last);
 - ``baseline_classifier/`` (``two_stage.baseline=true``): the same with
@@ -41,6 +41,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gendisc.callbacks.run_report import print_results_table
+from gendisc.data.protocol import ALL_LABELS_VAL_SIZE, validation_setting
 from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import PROJECT_ROOT, print_config_tree, register_resolvers
@@ -65,8 +66,9 @@ def _key(override: str) -> str:
 def generator_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """Stage 1: ``two_stage.generator``, the shared command-line overrides, and the classifier's
     label protocol (``data.labels_per_class``, ``data.val_size``, ``data.val_per_class``,
-    ``data.data_seed``), so that the generator learns from exactly the classifier's labeled
-    examples and never from its validation images."""
+    ``data.data_seed``; the validation as the classifier resolves it, a default spelled out), so
+    that the generator learns from exactly the classifier's labeled examples and never from its
+    validation images."""
     block = cfg.get("two_stage")
     if block is None or not block.get("generator"):
         raise ConfigError(
@@ -78,9 +80,23 @@ def generator_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
         for o in overrides
         if _key(o) not in ("experiment", "model") and not _key(o).startswith(("model.", "model/"))
     ]
+    data = cfg.data
+    labels = data.get("labels_per_class")
+    # the validation the classifier uses, spelled out (its default included): one protocol
+    val_size, val_per_class = validation_setting(
+        labels,
+        data.get("val_size"),
+        data.get("val_per_class"),
+        data.get("all_labels_val_size", ALL_LABELS_VAL_SIZE),
+    )
     protocol = [
-        f"data.{key}={_value(cfg.data.get(key))}"
-        for key in ("labels_per_class", "val_size", "val_per_class", "data_seed")
+        f"data.{key}={_value(value)}"
+        for key, value in (
+            ("labels_per_class", labels),
+            ("val_size", val_size),
+            ("val_per_class", val_per_class),
+            ("data_seed", data.get("data_seed")),
+        )
     ]
     return [str(o) for o in block.generator] + shared + protocol
 

@@ -87,19 +87,46 @@ def sweep_direction(metric: str | None, mode: str | None = None) -> str:
     return "minimize" if optimized_mode(metric, mode) == "min" else "maximize"
 
 
+# options that moved into a sub-config of the adversarial modules
+ADVERSARIAL_KEYS = (
+    "g_steps_per_d_step",
+    "d_steps_per_g_step",
+    "feature_layer",
+    "feature_norm",
+    "init_images",
+    "d_ema_decay",
+    "g_ema_decay",
+    "lr_decay_epochs",
+    "concat_d_pass",
+)
+REGULARIZER_KEYS = (
+    "historical_averaging",
+    "real_target",
+    "instance_noise",
+    "instance_noise_anneal_epochs",
+)
+
 # model options renamed so that one idea has one name in every module: old name -> what to use.
 # An old name a user writes (command line, composed config) is refused with its successor; a
 # checkpoint written before the rename is read with its options and weights renamed.
 RENAMED_MODEL_KEYS = {
     "ema_decay": (
-        "model.g_ema_decay (moving average of G's weights, for samples: model=gan's ema_decay) "
-        "or model.d_ema_decay (of D's weights, for evaluation: model=ssl_gan's ema_decay)"
+        "model.adversarial.g_ema_decay (moving average of G's weights, for samples: model=gan's "
+        "ema_decay) or model.adversarial.d_ema_decay (of D's weights, for evaluation: "
+        "model=ssl_gan's ema_decay)"
     ),
     "feature_matching": (
         "model.generator_objective=feature_matching (G's loss; false was the adversarial loss: "
         "model.generator_objective=${model.loss}, the default)"
     ),
-    "generator_steps": "model.g_steps_per_d_step (G updates per D update)",
+    "generator_steps": "model.adversarial.g_steps_per_d_step (G updates per D update)",
+    # the adversarial core's options, one sub-config of every adversarial module
+    **{
+        name: f"model.adversarial.{name} (conf/model/adversarial/default.yaml)"
+        for name in ADVERSARIAL_KEYS
+    },
+    # model=gan's regularizers of the game, one sub-config
+    **{name: f"model.regularizers.{name} (conf/model/gan.yaml)" for name in REGULARIZER_KEYS},
     # fine-tuning options, one sub-config since ssl_gan's discriminator has them too
     **{
         name: f"model.finetune.{name} (conf/model/finetune/default.yaml)"
@@ -118,6 +145,8 @@ MOVED_MODEL_KEYS = {
     "freeze_backbone": ("finetune", "freeze_backbone"),
     "unfreeze_epoch": ("finetune", "unfreeze_epoch"),
     "backbone_lr_scale": ("finetune", "backbone_lr_scale"),
+    **{name: ("adversarial", name) for name in ADVERSARIAL_KEYS},
+    **{name: ("regularizers", name) for name in REGULARIZER_KEYS},
 }
 
 

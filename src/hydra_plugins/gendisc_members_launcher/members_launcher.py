@@ -12,6 +12,12 @@ streams (``member``: each run's own, as a single run draws them; ``shared``: one
 members, fewer GPU kernels), ``hydra.launcher.graphs=true`` replays each training step as a
 CUDA graph (GPU only). A group that fails (a config error, a NaN loss) records the error
 in each of its jobs' ``failure.json``; the sweep goes on.
+
+Resuming: every group saves its state in ``<sweep dir>/members/group-<id>.ckpt`` after an
+epoch when ``hydra.launcher.checkpoint_every_s`` seconds have passed since the last save
+(0: every epoch; null: never) and when it has trained. The same command with
+``ckpt_path=last`` (and the sweep's ``hydra.sweep.dir``) leaves the finished runs as they are
+and continues the others from that checkpoint (``gendisc.members.train_group``).
 """
 
 from __future__ import annotations
@@ -57,12 +63,17 @@ class MembersLauncher(Launcher):
     """Groups a sweep's jobs into members of one model (see the module docstring)."""
 
     def __init__(
-        self, rng: str = "member", max_members: int | None = None, graphs: bool = False
+        self,
+        rng: str = "member",
+        max_members: int | None = None,
+        graphs: bool = False,
+        checkpoint_every_s: float | None = 60.0,
     ) -> None:
         super().__init__()
         self.rng = rng
         self.graphs = bool(graphs)
         self.max_members = max_members
+        self.checkpoint_every_s = checkpoint_every_s
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -98,8 +109,9 @@ class MembersLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         groups = members.group_jobs(task_cfgs, self.max_members)
         log.info(f"Launching {len(job_overrides)} jobs as {len(groups)} group(s) of members")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         for group in groups:
-            tasks = self._train_group(members, [task_cfgs[i] for i in group])
+            tasks, done = self._train_group(members, [task_cfgs[i] for i in group], sweep_dir)
             for index, task in zip(group, tasks, strict=True):
                 returns[index] = run_job(
                     hydra_context=self.hydra_context,
@@ -109,11 +121,16 @@ class MembersLauncher(Launcher):
                     job_subdir_key="hydra.sweep.subdir",
                 )
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            done()
         return [returns[i] for i in range(len(job_overrides))]
 
-    def _train_group(self, members: Any, cfgs: list[DictConfig]) -> list[Callable[..., Any]]:
-        """Train one group; one task per job that tests and reports its member (or records
-        the group's failure)."""
+    def _train_group(
+        self, members: Any, cfgs: list[DictConfig], sweep_dir: Path
+    ) -> tuple[list[Callable[..., Any]], Callable[[], None]]:
+        """Train one group (resumably, ``members.train_group``); one task per job that tests
+        and reports its member, returns a finished run's metric, or records the group's
+        failure; and what to do once the tasks ran (remove the group checkpoint when every
+        member was reported)."""
         from gendisc.train import optimized_value
         from gendisc.utils.failures import handle_failure, set_aside_old_failure
 
@@ -126,23 +143,51 @@ class MembersLauncher(Launcher):
             return task
 
         try:
-            group = members.build_group(cfgs, rng=self.rng, graphs=self.graphs)
-            members.fit_group(group, cfgs[0])
-            modules = group.unstack()
+            trained = members.train_group(
+                cfgs,
+                sweep_dir,
+                rng=self.rng,
+                graphs=self.graphs,
+                checkpoint_every_s=self.checkpoint_every_s,
+            )
         except Exception as error:
             log.error(f"members: the group of {len(cfgs)} jobs failed: {error}")
-            return [failed(error)] * len(cfgs)
+            return [failed(error)] * len(cfgs), lambda: None
+        reported: list[int] = []
 
         def report(index: int) -> Callable[[DictConfig], Any]:
             def task(cfg: DictConfig) -> Any:
                 output_dir = Path(cfg.paths.output_dir)
                 set_aside_old_failure(output_dir)
                 try:
-                    metrics = members.report_member(cfg, group, index, modules[index])
-                    return optimized_value(cfg, metrics)
+                    metrics = members.report_member(
+                        cfg, trained.group, index, trained.modules[index]
+                    )
+                    value = optimized_value(cfg, metrics)
                 except Exception as error:
                     return handle_failure(output_dir, error, worker=False)
+                reported.append(index)
+                return value
 
             return task
 
-        return [report(i) for i in range(len(cfgs))]
+        def finished(metrics: dict[str, Any]) -> Callable[[DictConfig], Any]:
+            def task(cfg: DictConfig) -> Any:  # left as it is, as gendisc.train leaves it
+                try:
+                    return optimized_value(cfg, metrics)
+                except Exception as error:
+                    return handle_failure(Path(cfg.paths.output_dir), error, worker=False)
+
+            return task
+
+        def done() -> None:
+            if trained.checkpoint is not None and len(reported) == len(trained.todo):
+                trained.checkpoint.remove()
+
+        tasks = [
+            finished(trained.finished[i])
+            if i in trained.finished
+            else report(trained.todo.index(i))
+            for i in range(len(cfgs))
+        ]
+        return tasks, done
