@@ -33,19 +33,26 @@ def code_blocks(section: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
+def fresh_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``mylab`` package on sys.path (any earlier test's ``mylab`` forgotten)."""
+    for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
+        monkeypatch.delitem(sys.modules, name)
+    package = tmp_path / "code" / "mylab"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    return package
+
+
 @pytest.fixture
 def own_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """mylab/entmin.py and conf/model/entmin.yaml, exactly as the README shows them."""
     section = readme_section("Add a model")
     [python], [config] = code_blocks(section, "python"), code_blocks(section, "yaml")
-    package = tmp_path / "code" / "mylab"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "entmin.py").write_text(python)
+    (fresh_package(tmp_path, monkeypatch) / "entmin.py").write_text(python)
     conf = tmp_path / "conf" / "model"
     conf.mkdir(parents=True)
     (conf / "entmin.yaml").write_text(config)
-    monkeypatch.syspath_prepend(str(tmp_path / "code"))
     return tmp_path / "code", tmp_path / "conf"
 
 
@@ -108,14 +115,10 @@ def test_a_metric_is_one_callback_and_one_yaml(tmp_path, monkeypatch):
     """README "Add a metric": its callback and YAML, added to a run with callbacks=[default,top2]."""
     section = readme_section("Add a metric")
     [python], [config] = code_blocks(section, "python"), code_blocks(section, "yaml")
-    package = tmp_path / "code" / "mylab"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "top2.py").write_text(python)
+    (fresh_package(tmp_path, monkeypatch) / "top2.py").write_text(python)
     conf = tmp_path / "conf" / "callbacks"
     conf.mkdir(parents=True)
     (conf / "top2.yaml").write_text(config)
-    monkeypatch.syspath_prepend(str(tmp_path / "code"))
     overrides = [
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
         "callbacks=[default,top2]",
