@@ -183,6 +183,27 @@ def test_cli_group_by_and_out_and_several_sweeps(sweep, tmp_path):
     assert not (sweep / "report.md").exists()
 
 
+def test_a_runs_csv_stands_for_its_runs(sweep, tmp_path):
+    """An earlier report's runs.csv (runs of another session, provenance kept) joins new sweep
+    directories: the same table as from the run directories themselves."""
+    first = tmp_path / "first"
+    assert main([str(sweep), "--out", str(first), "--no-plots"]) == 0
+    other = tmp_path / "other"
+    make_run(
+        other, 0, ["model=classifier", "data.batch_size=16", "data.data_seed=3"], {"test/acc": 0.71}
+    )
+    from_dirs, from_csv = tmp_path / "dirs", tmp_path / "csv"
+    assert main([str(sweep), str(other), "--out", str(from_dirs), "--no-plots"]) == 0
+    assert main([str(first / "runs.csv"), str(other), "--out", str(from_csv), "--no-plots"]) == 0
+    assert (from_csv / "report.csv").read_text() == (from_dirs / "report.csv").read_text()
+    earlier = pd.read_csv(first / "runs.csv", dtype=str, keep_default_na=False)
+    merged = pd.read_csv(from_csv / "runs.csv", dtype=str, keep_default_na=False)
+    assert merged.iloc[: len(earlier)][list(earlier.columns)].equals(earlier)  # rows as written
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert main([str(bad)]) == 2
+
+
 def test_cli_missing_directory_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "No such sweep directory" in capsys.readouterr().err

@@ -22,8 +22,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "dirs",
         nargs="+",
-        help="sweep (or run) directories; with --table also runs.csv files of earlier --table "
-        "reports (runs from other machines)",
+        help="sweep (or run) directories, and runs.csv files of earlier reports (runs of "
+        "another session or machine, with their provenance; with --table, of --table reports)",
     )
     parser.add_argument(
         "--table",
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plots=not args.no_plots,
                 title=args.title,
             )
-    except (FileNotFoundError, KeyError) as error:
+    except (FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:

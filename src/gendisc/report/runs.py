@@ -108,8 +108,44 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return overrides, row
 
 
+def _cell(text: str) -> Any:
+    """A metric cell of a runs.csv: a number where it reads as one, else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_runs_csv(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The override keys and rows of a ``runs.csv`` that gendisc-report wrote (runs of an
+    earlier session or another machine, kept with their provenance)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = list(frame.columns)
+    if columns[:3] != RUN_COLUMNS[:3] or "status" not in columns:
+        raise ValueError(
+            f"{path}: not a runs.csv of gendisc-report (its columns start {columns[:4]}); give "
+            "sweep directories or a runs.csv that gendisc-report wrote"
+        )
+    keys = columns[3 : columns.index("status")]
+    rows = []
+    for record in frame.to_dict("records"):
+        row: dict[str, Any] = {}
+        for column, text in record.items():
+            if column in keys:  # "" was null, "(default)" not set
+                row[column] = text if text == NOT_SET else yaml.safe_load(text)
+            elif text == "":
+                row[column] = None
+            elif column in RUN_COLUMNS or column.startswith(PROVENANCE_PREFIX):
+                row[column] = text
+            else:
+                row[column] = _cell(text)
+        rows.append(row)
+    return keys, rows
+
+
 def load_runs(directories: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """Every run under the given sweep (or run) directories, one row each.
+    """Every run under the given sweep (or run) directories, one row each; a ``runs.csv``
+    written by gendisc-report stands for the runs it lists (with their provenance).
 
     Columns: ``sweep_dir``, ``run_dir``, ``job`` (path inside the sweep), ``status``,
     ``error_type``, ``error``, one column per override key (``model``, ``data.batch_size``,
@@ -121,8 +157,13 @@ def load_runs(directories: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     rows, keys = [], []
     for directory in directories:
         directory = Path(directory)
+        if directory.is_file() and directory.suffix == ".csv":
+            csv_keys, csv_rows = read_runs_csv(directory)
+            keys += [key for key in csv_keys if key not in keys]
+            rows += csv_rows
+            continue
         if not directory.is_dir():
-            raise FileNotFoundError(f"No such sweep directory: {directory}")
+            raise FileNotFoundError(f"No such sweep directory or runs.csv: {directory}")
         for run_dir in find_run_dirs(directory):
             overrides, row = read_run(run_dir)
             keys += [key for key in overrides if key not in keys]

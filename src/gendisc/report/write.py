@@ -64,7 +64,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Load the runs, aggregate them over seeds and write the report files into ``out``.
 
-    ``out`` defaults to the first directory. Returns the written paths by name: ``report.md``,
+    ``out`` defaults to the first directory (that of a ``runs.csv`` given first). Returns the written paths by name: ``report.md``,
     ``report.csv`` (the aggregated table), ``runs.csv`` (one row per run) and one PNG per
     (metric, x key): ``plot_<metric>_vs_<key>.png``. ``group_by`` takes override keys and
     provenance keys (``run/git_sha``, ...). A group whose runs come from different git commits
@@ -77,7 +77,8 @@ def write_report(
     group_by = default_group_by(runs) if group_by is None else list(group_by)
     metrics = default_metrics(runs) if metrics is None else list(metrics)
     table = aggregate(runs, group_by, metrics)
-    out = Path(out or directories[0])
+    first = Path(directories[0])
+    out = Path(out or (first.parent if first.is_file() else first))
     out.mkdir(parents=True, exist_ok=True)
     written = {"report.csv": out / "report.csv", "runs.csv": out / "runs.csv"}
     table.to_csv(written["report.csv"], index=False)
