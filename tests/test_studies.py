@@ -117,7 +117,7 @@ def test_label_budget_sweep_has_every_baseline_beside_the_generative_methods():
     methods = set(sweep_values(cfg, "method"))
     baselines = {"classifier", "ssl_gan_labels_only", "ssl_vae_labels_only"}
     assert baselines | {b + "_translate" for b in baselines} <= methods
-    assert {"ssl_gan", "ssl_vae", "augmented_classifier"} <= methods
+    assert {"ssl_gan", "ssl_vae", "augmented_classifier", "fixmatch", "bad_gan"} <= methods
     assert sweep_values(cfg, "data.labels_per_class") == ["1", "2", "5", "10", "20", "null"]
     assert sweep_values(cfg, "data.data_seed") == ["0", "1", "2"]
 
