@@ -165,6 +165,14 @@ def test_members_refuse_other_differences(make_cfg: Callable[..., DictConfig]) -
 
 
 @requires_mnist
+def test_capturable_members_refuse_lr_decay(make_cfg: Callable[..., DictConfig]) -> None:
+    """Capturable updates keep the learning rates fixed: a decay is refused, not ignored."""
+    cfg = make_cfg([*TINY, "model.adversarial.lr_decay_epochs=2"], name="decay")
+    with pytest.raises(ConfigError, match="lr_decay_epochs=0"):
+        build_group([cfg], capturable=True)
+
+
+@requires_mnist
 def test_members_refuse_batch_dependent_d(make_cfg: Callable[..., DictConfig]) -> None:
     """Minibatch discrimination (not batched here) is refused with what to do."""
     cfg = make_cfg([*TINY, "model.discriminator.minibatch_discrimination=true"], name="mbd")

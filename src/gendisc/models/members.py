@@ -362,10 +362,14 @@ class MemberGroup:
         self.capturable = bool(capturable or graphs)
         if self.graphs and self.device.type != "cuda":
             raise ConfigError("members: CUDA graphs (graphs=true) need a CUDA device")
-        if self.graphs and (first.d_steps_per_g_step != 1 or first.lr_decay_epochs):
+        if self.graphs and first.d_steps_per_g_step != 1:
             raise ConfigError(
-                "members: CUDA graphs need model.adversarial.d_steps_per_g_step=1 and "
-                "model.adversarial.lr_decay_epochs=0 (one step shape, constant learning rates)"
+                "members: CUDA graphs need model.adversarial.d_steps_per_g_step=1 (one step shape)"
+            )
+        if self.capturable and first.lr_decay_epochs:
+            raise ConfigError(
+                "members: capturable updates and CUDA graphs keep the learning rates fixed; use "
+                "model.adversarial.lr_decay_epochs=0 or neither"
             )
         self._graph: Any = None
         self._warm_steps = 0
