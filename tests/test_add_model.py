@@ -111,6 +111,22 @@ def test_the_contract_is_checked_when_the_model_is_built(own_model, tmp_path):
         build(cfg)
 
 
+def test_a_model_declares_its_selection_in_its_class(own_model, tmp_path, monkeypatch):
+    """The README's model selects on val/acc with no generative callbacks (the defaults); a
+    class attribute changes that for every run of the model, with no YAML elsewhere."""
+    _, conf = own_model
+    search = f"hydra.searchpath=[file://{conf}]"
+    cfg = compose_config([search, "model=entmin"], tmp_path / "run")
+    assert (cfg.optimized_metric, cfg.test_ckpt) == ("val/acc", "best")
+    assert not cfg.callbacks.samples.enabled and not cfg.callbacks.generative_metrics.enabled
+    from mylab.entmin import EntropyMinimization
+
+    monkeypatch.setattr(EntropyMinimization, "selection_metric", None, raising=False)
+    cfg = compose_config([search, "model=entmin"], tmp_path / "last")
+    assert (cfg.optimized_metric, cfg.test_ckpt) == (None, "last")
+    assert cfg.callbacks.model_checkpoint.monitor is None
+
+
 def test_a_metric_is_one_callback_and_one_yaml(tmp_path, monkeypatch):
     """README "Add a metric": its callback and YAML, added to a run with callbacks=[default,top2]."""
     section = readme_section("Add a metric")

@@ -436,6 +436,68 @@ def test_default_run_and_its_eval_record_their_provenance(make_cfg, tmp_path):
         torch.set_num_threads(before)
 
 
+# ------------------------------------------------ what a model declares for itself (contract)
+@pytest.mark.parametrize(
+    ("overrides", "metric", "test_ckpt", "generative"),
+    [
+        (["model=classifier"], "val/acc", "best", False),
+        (["model=ssl_gan"], "val/acc", "best", False),
+        (["model=fixmatch"], "val/acc", "best", False),
+        (["model=gan"], None, "last", True),
+        (["model=vae"], "val/elbo", "best", True),
+        (["model=ssl_vae"], "val/acc", "best", True),
+        (["experiment=salimans_mnist"], "val/acc", "last", True),  # its own settings win
+        (
+            ["model=gan", "optimized_metric=val/d_real", "optimized_mode=max"],
+            "val/d_real",
+            "best",
+            True,
+        ),
+        (
+            ["model=vae", "test_ckpt=last", "callbacks.samples.enabled=false"],
+            "val/elbo",
+            "last",
+            False,
+        ),
+    ],
+)
+def test_a_models_selection_and_callbacks_come_from_its_class(
+    overrides, metric, test_ckpt, generative, make_cfg
+):
+    """optimized_metric, test_ckpt and the generative callbacks default to what the model class
+    declares (selection_metric, generative_callbacks); a command-line value still wins."""
+    cfg = make_cfg(overrides)
+    assert resolve(cfg, "optimized_metric") == metric
+    assert resolve(cfg, "test_ckpt") == test_ckpt
+    assert resolve(cfg, "callbacks.samples.enabled") is generative
+    if "callbacks.samples.enabled=false" not in overrides:
+        assert resolve(cfg, "callbacks.generative_metrics.enabled") is generative
+
+
+def test_no_model_config_changes_global_settings():
+    """A model option never carries a `@package _global_` file (nor pulls one in)."""
+    for file in sorted((PROJECT_ROOT / "conf" / "model").rglob("*.yaml")):
+        text = file.read_text()
+        assert "@package _global_" not in text, file
+        assert "/callbacks" not in text and "optimized_metric:" not in text, file
+
+
+def test_generative_callbacks_run_only_for_models_that_declare_them(make_cfg, tmp_path):
+    """model=gan writes samples and tests its last weights; the classifier builds neither
+    generative callback, and each run records which weights test/* holds."""
+    quiet = ["~callbacks.generative_metrics", "test=true"]
+    gan = make_cfg(["model=gan", *TINY, *quiet], name="gan")
+    train(gan)
+    report = json.loads((Path(gan.paths.output_dir) / "metrics.json").read_text())
+    assert report["test_ckpt"] == "last"
+    assert (Path(gan.paths.output_dir) / "samples.png").is_file()
+    classifier = make_cfg(["model=classifier", *TINY], name="classifier")
+    train(classifier)
+    out = Path(classifier.paths.output_dir)
+    assert json.loads((out / "metrics.json").read_text())["test_ckpt"] == "best"
+    assert not list(out.glob("samples*.png"))
+
+
 # ------------------------------------------------------------- optimized_metric's min / max
 @pytest.mark.parametrize(
     ("metric", "mode"),

@@ -36,7 +36,7 @@ def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[A
     evaluator cache is this machine's (``paths.cache_dir``): no callback or folder named by a
     file is attached to the trainer."""
     spec = OmegaConf.select(run_cfg, "callbacks.generative_metrics")
-    if not cfg.get("generative_metrics", True) or not spec:
+    if not cfg.get("generative_metrics", True) or not spec or not spec.get("enabled", True):
         return []
     if spec.get("_target_") != GENERATIVE_METRICS:
         raise UntrustedConfigError(
@@ -46,6 +46,7 @@ def generative_metrics_callbacks(run_cfg: DictConfig, cfg: DictConfig) -> list[A
             "written by gendisc-train."
         )
     spec = spec.copy()
+    spec.pop("enabled", None)
     if spec.get("cache_dir"):
         spec.cache_dir = str(Path(cfg.paths.cache_dir) / "evaluators")
     return [hydra.utils.instantiate(spec)]

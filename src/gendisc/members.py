@@ -246,6 +246,7 @@ def report_member(
                 "members/epochs": group.epochs,
                 "members/global_step": group.global_step,
                 "members/stopped_early": group.stopped_early,
+                "test_ckpt": "last",  # a member is tested with its weights after training
                 "epochs": group.epochs,
                 "global_step": group.global_step,
             }

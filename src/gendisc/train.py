@@ -65,6 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers, **distributed.strategy_for(cfg, model)
     )
     reports = [callback for callback in callbacks if isinstance(callback, EvaluationReport)]
+    for report in reports:  # which weights test/* holds (the default depends on the model)
+        report.extra["test_ckpt"] = cfg.get("test_ckpt")
     for logger in loggers:
         logger.log_hyperparams(resolved)
 

@@ -21,7 +21,17 @@ Provides
     matrix, class names), so a model that subclasses it writes only ``classify`` (default:
     ``forward``);
   - optionally ``sampler()`` (a ``gendisc.models.sampling.Sampler``): a generative model's
-    images, for the sample grids and the generative metrics (``conf/model/generative/``).
+    images, for the sample grids and the generative metrics (``conf/callbacks/samples.yaml``,
+    ``generative_metrics.yaml``).
+
+Declares, optionally, as class attributes (read from ``model._target_`` when the config is
+composed, so that a model option never changes a global setting; defaults in
+``gendisc.utils.config.MODEL_DECLARATIONS``)
+  - ``selection_metric``: the validation metric that selects its checkpoint, the default of
+    ``optimized_metric`` (default ``"val/acc"``; ``None``: no selection, so ``test_ckpt``
+    defaults to ``last``; the VAE's is ``"val/elbo"``);
+  - ``generative_callbacks``: whether the sample grids and generative metrics run for it by
+    default (default ``False``; the GAN, VAE and semi-supervised VAE say ``True``).
 
 README "Add a model" walks through one file + one YAML; ``tests/test_add_model.py`` follows it.
 """

@@ -101,6 +101,11 @@ class GANModule(AdversarialModule):
             no D, so ``d_ema_decay`` stays null).
     """
 
+    # no validation metric selects a GAN's weights (the last ones are tested); sample grids and
+    # generative metrics on (gendisc.models.contract)
+    selection_metric = None
+    generative_callbacks = True
+
     def __init__(
         self,
         discriminator: Callable[..., nn.Module],

@@ -90,6 +90,11 @@ class VAEModule(ClassifierEvaluation):
         scheduler: optional partial of a torch lr scheduler (stepped each epoch).
     """
 
+    # checkpoints selected on the validation ELBO; sample, reconstruction and interpolation
+    # grids and generative metrics on (gendisc.models.contract)
+    selection_metric = "val/elbo"
+    generative_callbacks = True
+
     def __init__(
         self,
         encoder: Callable[..., nn.Module],

@@ -230,7 +230,9 @@ def read_table_run(run_dir: Path, spec: TableSpec) -> tuple[dict[str, Any], pd.D
         errors = round((1.0 - float(tested_acc)) * tested)
         out.update({"test/errors": errors, "test/error_pct": 100.0 * errors / tested})
     out["tested"] = (
-        "last" if "test_last/acc" in row else _unless_interpolation(config.get("test_ckpt"))
+        "last"
+        if "test_last/acc" in row
+        else row.get("test_ckpt") or _unless_interpolation(config.get("test_ckpt"))
     )
     for key, value in row.items():
         if key not in out and key not in ("error_type",):

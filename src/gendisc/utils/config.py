@@ -87,6 +87,32 @@ def sweep_direction(metric: str | None, mode: str | None = None) -> str:
     return "minimize" if optimized_mode(metric, mode) == "min" else "maximize"
 
 
+# what a model declares for itself, as class attributes (gendisc.models.contract), and the
+# value for a model that declares nothing
+MODEL_DECLARATIONS: dict[str, Any] = {"selection_metric": "val/acc", "generative_callbacks": False}
+
+
+def model_declares(target: str, name: str) -> Any:
+    """The class attribute ``name`` of the model class ``target`` (``model._target_``), or its
+    default in :data:`MODEL_DECLARATIONS`: ``${model_declares:${model._target_},selection_metric}``
+    gives ``optimized_metric``'s default, ``generative_callbacks`` whether the sample and
+    generative-metric callbacks run. Composed configs only: stored run configs are resolved (and
+    one holding an interpolation is refused, gendisc.trusted)."""
+    if name not in MODEL_DECLARATIONS:
+        raise ConfigError(f"model_declares: {name} is not one of {sorted(MODEL_DECLARATIONS)}.")
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception as error:
+        raise ConfigError(f"model._target_={target}: cannot import it ({error}).") from error
+    return getattr(cls, name, MODEL_DECLARATIONS[name])
+
+
+def best_or_last(metric: str | None) -> str:
+    """``test_ckpt``'s default: the checkpoint selected on ``metric``, or the last one when
+    nothing is selected (``optimized_metric=null``, e.g. ``model=gan``)."""
+    return "last" if metric is None else "best"
+
+
 # options that moved into a sub-config of the adversarial modules
 ADVERSARIAL_KEYS = (
     "g_steps_per_d_step",
@@ -390,12 +416,17 @@ def register_resolvers() -> None:
 
 def register_mode_resolvers() -> None:
     """``${monitor_mode:${optimized_metric},${optimized_mode}}`` (checkpoint / early-stopping
-    mode) and ``${sweep_direction:...}`` (Optuna's direction); registered on import of this
-    module too, so that composing the configs (tests, notebooks) resolves them."""
+    mode), ``${sweep_direction:...}`` (Optuna's direction), ``${model_declares:...}`` and
+    ``${best_or_last:...}`` (a model's own defaults); registered on import of this module too,
+    so that composing the configs (tests, notebooks) resolves them."""
     if not OmegaConf.has_resolver("monitor_mode"):
         OmegaConf.register_new_resolver("monitor_mode", optimized_mode)
     if not OmegaConf.has_resolver("sweep_direction"):
         OmegaConf.register_new_resolver("sweep_direction", sweep_direction)
+    if not OmegaConf.has_resolver("model_declares"):
+        OmegaConf.register_new_resolver("model_declares", model_declares)
+    if not OmegaConf.has_resolver("best_or_last"):
+        OmegaConf.register_new_resolver("best_or_last", best_or_last)
 
 
 def _branch_yaml(value: DictConfig) -> str:
@@ -428,12 +459,18 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
 
 
 def instantiate_list(group: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
+    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers);
+    an entry with ``enabled: false`` is left out (``enabled`` is not passed on)."""
     objects: list[Any] = []
     if not group:
         return objects
     for name, entry in group.items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
+            if "enabled" in entry:
+                if not entry.enabled:
+                    continue
+                entry = OmegaConf.to_container(entry, resolve=True)
+                entry.pop("enabled")
             try:
                 objects.append(hydra.utils.instantiate(entry))
             except Exception as error:

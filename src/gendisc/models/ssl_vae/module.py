@@ -68,6 +68,9 @@ class SSLVAEModule(ClassifierEvaluation):
 
     unlabeled_streams = 1
     conditional = True
+    # class-conditional sample grids, reconstructions and generative metrics on; checkpoints
+    # selected on val/acc, the default (gendisc.models.contract)
+    generative_callbacks = True
 
     def __init__(
         self,
