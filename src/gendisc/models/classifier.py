@@ -12,11 +12,11 @@ from torch.optim import Optimizer
 from gendisc.guards import raise_if_not_finite
 from gendisc.models.contract import Batch
 from gendisc.models.evaluation import ClassifierEvaluation
-from gendisc.models.finetune import FineTuning
+from gendisc.models.finetune import FineTuned, FineTuning
 from gendisc.models.transfer import TransferReport, load_backbone_weights
 
 
-class ClassifierModule(ClassifierEvaluation):
+class ClassifierModule(FineTuned, ClassifierEvaluation):
     """Supervised classifier on the labeled batch ``x, y`` of each step.
 
     Args:
@@ -65,16 +65,6 @@ class ClassifierModule(ClassifierEvaluation):
         labeled images (the only ones a supervised classifier trains on), unless restored."""
         datamodule = self.trainer.datamodule
         self.ensure_minibatch_reference(self.net, lambda n: datamodule.labeled_sample(n, seed=1))
-
-    def on_train_epoch_start(self) -> None:
-        self.finetune.on_epoch_start(self.net, self.current_epoch)
-
-    def train(self, mode: bool = True) -> ClassifierModule:
-        """A frozen backbone also keeps its batch-norm statistics and dropout in eval mode."""
-        super().train(mode)
-        if mode and hasattr(self, "finetune"):
-            self.finetune.keep_frozen_in_eval(self.net)
-        return self
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits = self(batch["x"])

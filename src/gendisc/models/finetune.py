@@ -10,14 +10,14 @@ everything else is the backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from torch import nn
 
 from gendisc.errors import ConfigError
 from gendisc.nets.classifiers import is_head
 
-__all__ = ["FineTuning"]
+__all__ = ["FineTuned", "FineTuning"]
 
 
 @dataclass
@@ -99,3 +99,21 @@ class FineTuning:
             optimizer.param_groups[1]["lr"] = (
                 optimizer.param_groups[0]["lr"] * self.backbone_lr_scale
             )
+
+
+class FineTuned:
+    """Mixin of a LightningModule whose classifier net (the attribute ``finetuned_net`` names)
+    follows ``self.finetune``: unfrozen at ``unfreeze_epoch``, and a frozen backbone's batch norm
+    and dropout kept in eval mode whenever the module is put in training mode."""
+
+    finetuned_net: str = "net"
+    finetune: FineTuning
+
+    def on_train_epoch_start(self) -> None:
+        self.finetune.on_epoch_start(getattr(self, self.finetuned_net), self.current_epoch)
+
+    def train(self, mode: bool = True) -> Self:
+        super().train(mode)
+        if mode and hasattr(self, "finetune"):  # train() also runs inside nn.Module.__init__
+            self.finetune.keep_frozen_in_eval(getattr(self, self.finetuned_net))
+        return self

@@ -25,14 +25,14 @@ from gendisc.losses import (
 from gendisc.models.adversarial import AdversarialModule
 from gendisc.models.bad_gan import BadGANTerms
 from gendisc.models.contract import Batch
-from gendisc.models.finetune import FineTuning
+from gendisc.models.finetune import FineTuned, FineTuning
 from gendisc.nets.layers import data_dependent_init
 
 GeneratorObjective = Literal["feature_matching", "minimax", "non_saturating"]
 GENERATOR_OBJECTIVES = ("feature_matching", "minimax", "non_saturating")
 
 
-class SSLGANModule(AdversarialModule):
+class SSLGANModule(FineTuned, AdversarialModule):
     """K+1-class semi-supervised GAN on the adversarial core (one D step, then G steps; see
     ``AdversarialModule`` for the options it shares with every adversarial module).
 
@@ -55,6 +55,8 @@ class SSLGANModule(AdversarialModule):
         finetune: how D's backbone trains beside its head (``gendisc.models.finetune``: a
             pretrained D frozen, unfrozen at an epoch, or at a smaller rate); null: all of it.
     """
+
+    finetuned_net = "discriminator"  # model.finetune applies to D (FineTuned)
 
     def __init__(
         self,
@@ -129,16 +131,6 @@ class SSLGANModule(AdversarialModule):
         if self.bad_gan is not None:
             datamodule = self.trainer.datamodule
             self.bad_gan.load_density(lambda n: datamodule.unlabeled_sample(n, seed=2), self.device)
-
-    def on_train_epoch_start(self) -> None:
-        self.finetune.on_epoch_start(self.discriminator, self.current_epoch)
-
-    def train(self, mode: bool = True) -> SSLGANModule:
-        """A frozen D backbone also keeps its batch-norm statistics and dropout in eval mode."""
-        super().train(mode)
-        if mode and hasattr(self, "finetune"):
-            self.finetune.keep_frozen_in_eval(self.discriminator)
-        return self
 
     def data_init(self, count: int) -> None:
         """D's layers from ``count`` unlabeled images (a fixed draw), G's from ``count`` latents."""
