@@ -169,6 +169,19 @@ def test_cli_writes_report_files_next_to_the_sweep(sweep, capsys):
     assert "0.7300 ± 0.0265" in capsys.readouterr().out
 
 
+def test_cli_pivot_lays_a_metric_out_by_the_x_key(sweep, capsys):
+    """--pivot: one row per model, one column per batch size, the main table's mean ± std."""
+    args = [str(sweep), "--metrics", "time/fit_s", "--x", "data.batch_size", "--no-plots"]
+    assert main([*args, "--pivot", "test/acc"]) == 0
+    report = (sweep / "report.md").read_text()
+    pivot = report.split("### test/acc (mean ± std) by data.batch_size\n\n")[1].splitlines()
+    assert pivot[0] == "| model | data.batch_size=16 | data.batch_size=64 |"
+    assert pivot[2] == "| classifier | 0.7300 ± 0.0265 | 0.8100 ± 0.0141 |"
+    assert pivot[3].startswith("| ssl_gan | 0.9200 ± 0.0283 | 0.9100 |")
+    assert main([str(sweep), "--pivot", "test/acc", "--no-plots"]) == 2  # no --x
+    assert "--pivot needs --x" in capsys.readouterr().err
+
+
 def test_cli_group_by_and_out_and_several_sweeps(sweep, tmp_path):
     other = tmp_path / "other"
     make_run(

@@ -48,6 +48,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="output directory (default: the first dir)")
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
+    parser.add_argument(
+        "--pivot",
+        nargs="+",
+        default=(),
+        metavar="METRIC",
+        help="also a wide table of each METRIC in report.md: a row per group of the other keys, "
+        "a column per value of --x (e.g. methods x labels per class)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 hue=args.hue,
                 plots=not args.no_plots,
                 title=args.title,
+                pivot=args.pivot,
             )
     except (FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -174,3 +174,26 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells += [format_mean_std(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pivot_markdown(table: pd.DataFrame, metric: str, x: str) -> str:
+    """``metric``'s mean ± std from the aggregated table laid out wide: one row per group of the
+    other group keys, one column per value of ``x`` (e.g. methods x labels per class)."""
+    group_by = table.attrs.get("group_by", [])
+    if x not in group_by:
+        raise KeyError(f"--pivot needs --x to be one of the group keys {group_by}, not {x!r}")
+    rows = [key for key in group_by if key != x]
+    columns = sorted({_missing_to_none(v) for v in table[x]}, key=sort_key)
+    cells: dict[tuple, dict[Any, str]] = {}
+    for _, row in table.iterrows():
+        label = tuple(row[key] for key in rows)
+        cells.setdefault(label, {})[_missing_to_none(row[x])] = format_mean_std(
+            row[f"{metric} mean"], row[f"{metric} std"]
+        )
+    header = [" / ".join(rows) or "runs", *(f"{x}={_cell(value)}" for value in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(columns)]
+    for label in sorted(cells, key=lambda values: tuple(sort_key(v) for v in values)):
+        by_x = cells[label]
+        name = " / ".join(_cell(value) for value in label) or "all"
+        lines.append("| " + " | ".join([name, *(by_x.get(v, "-") for v in columns)]) + " |")
+    return "\n".join(lines)

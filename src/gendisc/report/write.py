@@ -11,7 +11,7 @@ import pandas as pd
 
 from gendisc.report.plots import plot
 from gendisc.report.runs import default_group_by, default_metrics, is_seed_key, load_runs
-from gendisc.report.tables import aggregate, code_version_warnings, to_markdown
+from gendisc.report.tables import aggregate, code_version_warnings, pivot_markdown, to_markdown
 
 
 class CodeVersionWarning(UserWarning):
@@ -61,6 +61,7 @@ def write_report(
     hue: str | None = None,
     plots: bool = True,
     title: str | None = None,
+    pivot: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Load the runs, aggregate them over seeds and write the report files into ``out``.
 
@@ -68,7 +69,9 @@ def write_report(
     ``report.csv`` (the aggregated table), ``runs.csv`` (one row per run) and one PNG per
     (metric, x key): ``plot_<metric>_vs_<key>.png``. ``group_by`` takes override keys and
     provenance keys (``run/git_sha``, ...). A group whose runs come from different git commits
-    (or a dirty tree) gets a ``CodeVersionWarning`` and a warning line in report.md.
+    (or a dirty tree) gets a ``CodeVersionWarning`` and a warning line in report.md. Each
+    metric of ``pivot`` also gets a wide table: one row per group of the other keys, one column
+    per value of ``x``.
     """
     directories = [directories] if isinstance(directories, str | Path) else list(directories)
     runs = load_runs(directories)
@@ -76,6 +79,7 @@ def write_report(
         raise FileNotFoundError(f"No runs (.hydra/overrides.yaml) under {directories}")
     group_by = default_group_by(runs) if group_by is None else list(group_by)
     metrics = default_metrics(runs) if metrics is None else list(metrics)
+    metrics += [metric for metric in pivot if metric not in metrics]
     table = aggregate(runs, group_by, metrics)
     first = Path(directories[0])
     out = Path(out or (first.parent if first.is_file() else first))
@@ -112,6 +116,10 @@ def write_report(
         "",
         to_markdown(table),
     ]
+    for metric in pivot:
+        if x is None:
+            raise ValueError("--pivot needs --x: the group key whose values become columns")
+        lines += ["", f"### {metric} (mean ± std) by {x}", "", pivot_markdown(table, metric, x)]
     mixed = code_version_warnings(runs, group_by)
     if mixed:
         lines += ["", "## Warnings", ""]
