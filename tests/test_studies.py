@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from gendisc.errors import ConfigError
 from gendisc.train import train
 from gendisc.utils.config import register_resolvers
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, requires_mnist
 
 MODELS = "gendisc.models."
 # method -> (model class, net class of the classifier, augment.max_shift, unlabeled_weight)
@@ -152,6 +152,7 @@ def test_unknown_test_ckpt_is_refused(make_cfg):
         "study_augment",
         "study_augment_mnist",
         "study_salimans_ablation",
+        "study_mnist100",
     ],
 )
 def test_every_study_validates_on_no_more_labels_than_it_trains_on(experiment):
@@ -159,3 +160,44 @@ def test_every_study_validates_on_no_more_labels_than_it_trains_on(experiment):
     assert cfg.data.val_size is None
     assert cfg.data.val_per_class <= cfg.data.labels_per_class
     assert cfg.test_ckpt == "both"
+
+
+MNIST100 = ["experiment=study_mnist100"]
+
+
+def test_mnist100_trains_every_method_alike_beside_its_same_net_baseline():
+    """Equal budget: one epoch count, labeled set, validation and batch for every arm; FixMatch
+    on ssl_gan's D net with the classifier's optimiser; each baseline the net of its method."""
+    sweep = with_hydra(MNIST100)
+    methods = sweep_values(sweep, "method")
+    assert {"ssl_gan", "bad_gan", "fixmatch_salimans_mlp", "ssl_vae"} <= set(methods)
+    assert sweep_values(sweep, "data.data_seed") == ["0", "1", "2"]
+    cfgs = {m: with_hydra([*MNIST100, f"method={m}"]) for m in methods}
+    for method, cfg in cfgs.items():
+        assert cfg.trainer.max_epochs == sweep.trainer.max_epochs == 20, method
+        assert (cfg.data.dataset, cfg.data.labels_per_class, cfg.data.val_per_class) == (
+            "mnist",
+            10,
+            10,
+        )
+        assert cfg.data.val_size is None and cfg.test_ckpt == "both"
+        assert cfg.data.batch_size == cfg.data.unlabeled_batch_size == 100
+        assert cfg.callbacks.generative_metrics.enabled is False
+    models = {m: c.model for m, c in cfgs.items()}
+    d_net = models["ssl_gan"].discriminator
+    assert models["fixmatch_salimans_mlp"].net == models["classifier_salimans_mlp"].net == d_net
+    assert models["bad_gan"].discriminator == models["ssl_gan_labels_only"].discriminator == d_net
+    assert models["ssl_vae_labels_only"].net == models["ssl_vae"].classifier
+    for key in ("optimizer", "scheduler"):
+        assert models["fixmatch_salimans_mlp"][key] == models["classifier_salimans_mlp"][key]
+    assert models["fixmatch_salimans_mlp"].scheduler.T_max == 20
+    assert models["ssl_gan_labels_only"].unlabeled_weight == 0.0
+
+
+@requires_mnist
+@pytest.mark.parametrize("method", ["fixmatch_salimans_mlp", "classifier_salimans_mlp"])
+def test_mnist100_arm_trains_and_tests_both_checkpoints(make_cfg, method):
+    metrics = train(make_cfg([*MNIST100, f"method={method}", *TINY], name=method))
+    for key in ("test/acc", "test_last/acc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["data/labeled"] == 100 and metrics["data/val"] == 100
