@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from gendisc.data import FewLabelDataModule, split_labels
-from gendisc.data.batches import TrainBatches
+from gendisc.data.batches import TrainBatches, tiled_permutation
 from gendisc.data.protocol import validation_setting
 from gendisc.errors import ConfigError, DataError, gendisc_cause
 
@@ -413,3 +413,64 @@ def test_a_config_stored_before_issue_22_keeps_its_official_split():
             data["val_size"],
             data.get("val_per_class"),
         ), data
+
+
+def _imbalanced_batches(balanced: bool, seed: int = 0) -> TrainBatches:
+    """900 labeled images of class 0 and 100 of class 1 (the pool: 2000 more)."""
+    labels = torch.cat([torch.zeros(900), torch.ones(100), torch.zeros(2000)]).long()
+    images = torch.arange(len(labels), dtype=torch.int64).remainder(256).to(torch.uint8)
+    images = images.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    return TrainBatches(
+        images,
+        labels,
+        torch.arange(1000),
+        torch.arange(1000, 3000),
+        batch_size=100,
+        unlabeled_batch_size=100,
+        unlabeled_streams=1,
+        seed=seed,
+        balanced=balanced,
+    )
+
+
+def test_balanced_batches_draw_each_class_equally_often():
+    plain = torch.cat([b["y"] for b in _imbalanced_batches(False)])
+    balanced = torch.cat([b["y"] for b in _imbalanced_batches(True)])
+    assert len(plain) == len(balanced) == 2000  # the epoch is the unlabeled pool's, either way
+    assert plain.float().mean().item() == pytest.approx(0.1, abs=0.005)  # whole passes: 10 %
+    assert balanced.float().mean().item() == pytest.approx(0.5, abs=0.05)
+    # reproducible from the seed and epoch (exact resume), different for another seed
+    again = torch.cat([b["y"] for b in _imbalanced_batches(True)])
+    assert torch.equal(balanced, again)
+    other = torch.cat([b["y"] for b in _imbalanced_batches(True, seed=1)])
+    assert not torch.equal(balanced, other)
+
+
+def test_balanced_batches_off_leaves_the_batches_as_they_were():
+    """The option's default draws exactly the tiled permutations the studies were run with."""
+    loader = _imbalanced_batches(False, seed=3)
+    generator = torch.Generator().manual_seed(3 * 1_000_003 + 0)
+    labeled = tiled_permutation(1000, 2000, generator).view(20, 100)
+    first = next(iter(loader))
+    assert torch.equal(first["y"], loader.labels[labeled[0]])
+
+
+@requires_breastmnist
+def test_balanced_batches_from_the_data_config_on_all_breastmnist_labels(make_cfg):
+    """data.balanced_batches reaches the loader: all 546 labels (147 malignant) drawn 50/50."""
+    cfg = make_cfg(
+        [
+            "data=medmnist",
+            "data.name=breastmnist",
+            "data.labels_per_class=null",
+            "data.val_size=official",
+            "data.batch_size=64",
+            "data.balanced_batches=true",
+        ]
+    )
+    dm = instantiate(cfg.data).load()
+    labeled = dm.train_labels[dm.labeled_index]
+    assert torch.bincount(labeled).tolist() == [147, 399]
+    loader = dm.train_dataloader()
+    drawn = torch.cat([b["y"] for _epoch in range(3) for b in loader])
+    assert drawn.float().mean().item() == pytest.approx(0.5, abs=0.06)

@@ -53,6 +53,9 @@ class TrainBatches:
     semi-supervised modules, ``unlabeled_streams`` independent unlabeled batches ``x_unl``,
     ``x_unl2``, ... drawn from the pool. The permutations depend only on ``seed`` and the epoch
     number (read from ``current_epoch`` when given, so a resumed run replays the same batches).
+    ``balanced``: the labeled stream draws each class equally often (each labeled image with
+    probability inversely proportional to its class's count, with replacement), for labeled sets
+    whose classes are not the same size; the few-label protocol's sets are balanced already.
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class TrainBatches:
         rank: int = 0,
         world_size: int = 1,
         current_epoch: Callable[[], int] | None = None,
+        balanced: bool = False,
     ) -> None:
         self.seed = seed
+        self.balanced = balanced
         self.epochs_started = 0
         self.current_epoch = current_epoch
         self.images, self.labels = images, labels
@@ -84,19 +89,33 @@ class TrainBatches:
         step = max(self.batch_size, self.unlabeled_batch_size if self.unlabeled_streams else 0)
         return max(1, len(self.unlabeled_index) // (step * self.world_size))
 
-    def _stream(self, index: Tensor, batch: int, generator: torch.Generator) -> Tensor:
-        """This rank's share of a tiled permutation of ``index``, as (steps, batch) positions."""
+    def _stream(
+        self, index: Tensor, batch: int, generator: torch.Generator, weights: Tensor | None = None
+    ) -> Tensor:
+        """This rank's share of a tiled permutation of ``index`` (or of draws with replacement
+        by ``weights``), as (steps, batch) positions."""
         steps = len(self)
-        order = tiled_permutation(len(index), steps * batch * self.world_size, generator)
+        length = steps * batch * self.world_size
+        if weights is None:
+            order = tiled_permutation(len(index), length, generator)
+        else:
+            order = torch.multinomial(weights, length, replacement=True, generator=generator)
         order = order.view(steps, self.world_size, batch)[:, self.rank]
         return index[order]
+
+    def _class_balancing_weights(self) -> Tensor:
+        """1 / (its class's count) for each labeled image: every class drawn equally often."""
+        labels = self.labels[self.labeled_index].cpu().long()
+        counts = torch.bincount(labels)
+        return 1.0 / counts[labels].double()
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         epoch = self.current_epoch() if self.current_epoch else self.epochs_started
         self.epochs_started += 1
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         device = self.images.device
-        labeled = self._stream(self.labeled_index, self.batch_size, generator).to(device)
+        weights = self._class_balancing_weights() if self.balanced else None
+        labeled = self._stream(self.labeled_index, self.batch_size, generator, weights).to(device)
         unlabeled = [
             self._stream(self.unlabeled_index, self.unlabeled_batch_size, generator).to(device)
             for _ in range(self.unlabeled_streams)

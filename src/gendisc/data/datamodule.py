@@ -57,6 +57,9 @@ class FewLabelDataModule(LightningDataModule):
         data_seed: seeds the permutation that picks validation and labeled images; independent
             of the training seed.
         batch_size: labeled images per training step.
+        balanced_batches: draw the labeled batches class-balanced (each class equally often, with
+            replacement) for a labeled set whose classes differ in size (all labels of an
+            imbalanced dataset, an image folder); choose it on validation metrics, never on test.
         unlabeled_batch_size: unlabeled images per stream per step (default: batch_size).
         eval_batch_size: images per validation/test batch.
         device_memory_mb: keep the uint8 dataset on the training accelerator when it needs less
@@ -88,6 +91,7 @@ class FewLabelDataModule(LightningDataModule):
         all_labels_val_size: int | float | str | None = ALL_LABELS_VAL_SIZE,
         data_seed: int = 0,
         batch_size: int = 100,
+        balanced_batches: bool = False,
         unlabeled_batch_size: int | None = None,
         eval_batch_size: int = 1000,
         device_memory_mb: float = 4096,
@@ -109,6 +113,7 @@ class FewLabelDataModule(LightningDataModule):
         self.all_labels_val_size = all_labels_val_size
         self.data_seed = data_seed
         self.batch_size = batch_size
+        self.balanced_batches = bool(balanced_batches)
         self.unlabeled_batch_size = unlabeled_batch_size or batch_size
         self.eval_batch_size = eval_batch_size
         self.device_memory_mb = device_memory_mb
@@ -294,6 +299,7 @@ class FewLabelDataModule(LightningDataModule):
             rank=rank,
             world_size=world,
             current_epoch=(lambda: self.trainer.current_epoch) if self.trainer else None,
+            balanced=self.balanced_batches,
         )
 
     def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
