@@ -174,7 +174,7 @@ def test_mnist100_trains_every_method_alike_beside_its_same_net_baseline():
     assert sweep_values(sweep, "data.data_seed") == ["0", "1", "2"]
     cfgs = {m: with_hydra([*MNIST100, f"method={m}"]) for m in methods}
     for method, cfg in cfgs.items():
-        assert cfg.trainer.max_epochs == sweep.trainer.max_epochs == 20, method
+        assert cfg.trainer.max_epochs == sweep.trainer.max_epochs == 10, method
         assert (cfg.data.dataset, cfg.data.labels_per_class, cfg.data.val_per_class) == (
             "mnist",
             10,
@@ -190,7 +190,7 @@ def test_mnist100_trains_every_method_alike_beside_its_same_net_baseline():
     assert models["ssl_vae_labels_only"].net == models["ssl_vae"].classifier
     for key in ("optimizer", "scheduler"):
         assert models["fixmatch_salimans_mlp"][key] == models["classifier_salimans_mlp"][key]
-    assert models["fixmatch_salimans_mlp"].scheduler.T_max == 20
+    assert models["fixmatch_salimans_mlp"].scheduler.T_max == 10
     assert models["ssl_gan_labels_only"].unlabeled_weight == 0.0
 
 
